@@ -1,0 +1,1 @@
+"""Built-in plugins. The host registers each module here exactly as it registers external ones."""

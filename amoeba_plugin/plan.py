@@ -1,0 +1,253 @@
+"""Plans: plain, JSON-serialisable descriptions of a subnet.
+
+A plan lists the *kept* units, by index into the source model (the model the plan was made for):
+the kept layers, and per kept layer the kept KV groups, the kept query heads inside each kept group,
+optionally the kept channels inside every head (RoPE pairs only), and the kept MLP channels;
+optionally the kept hidden channels. A layer whose ``kv_groups`` is empty has no attention; one
+whose ``mlp_channels`` is empty has no MLP. ``None`` always means "all of them".
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .anatomy import Anatomy, LayerAnatomy
+from .errors import PlanError
+
+FORMAT = "amoeba-plan"
+VERSION = 1
+
+
+@dataclass
+class LayerPlan:
+    """What survives of one source layer."""
+
+    index: int
+    kv_groups: list[int] | None = None
+    #: per kept KV group, the kept query heads (indices inside the group); equal lengths (GQA)
+    query_heads: list[list[int]] | None = None
+    #: kept channels inside every head (indices into head_dim); must keep RoPE pairs j, j + head_dim/2
+    head_channels: list[int] | None = None
+    mlp_channels: list[int] | None = None
+
+    def resolved(self, layer: LayerAnatomy) -> "LayerPlan":
+        """The same plan with every ``None`` expanded to explicit indices."""
+        groups = list(range(layer.num_kv_groups)) if self.kv_groups is None else list(self.kv_groups)
+        if self.query_heads is None:
+            queries = [list(range(layer.queries_per_group)) for _ in groups]
+        else:
+            queries = [list(q) for q in self.query_heads]
+        channels = list(range(layer.head_dim)) if self.head_channels is None else list(self.head_channels)
+        mlp = list(range(layer.intermediate_size)) if self.mlp_channels is None else list(self.mlp_channels)
+        return LayerPlan(self.index, groups, queries, channels, mlp)
+
+
+@dataclass
+class Plan:
+    """A subnet of a source model. See the module docstring for the meaning of each field."""
+
+    layers: list[LayerPlan]
+    source: dict[str, Any] = field(default_factory=dict)
+    hidden_channels: list[int] | None = None
+    #: o_proj and down_proj of every kept layer carry an output bias (bias compensation, FLAP-style)
+    output_bias: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def full(cls, anatomy: Anatomy, **provenance) -> "Plan":
+        """The identity plan: every unit of ``anatomy`` kept."""
+        return cls(layers=[LayerPlan(l.index) for l in anatomy.layers], source=source_info(anatomy),
+                   provenance=dict(provenance))
+
+    def resolved(self, anatomy: Anatomy) -> "Plan":
+        return Plan([lp.resolved(anatomy.layer(lp.index)) for lp in self.layers], dict(self.source),
+                    list(range(anatomy.hidden_size)) if self.hidden_channels is None else list(self.hidden_channels),
+                    self.output_bias, dict(self.provenance))
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "source": self.source,
+                "layers": [asdict(l) for l in self.layers], "hidden_channels": self.hidden_channels,
+                "output_bias": self.output_bias, "provenance": self.provenance}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise PlanError("this JSON is not an amoeba plan (its 'format' is not 'amoeba-plan')",
+                            "pass a plan.json written by amoeba (prune or export)")
+        if data.get("version", 0) > VERSION:
+            raise PlanError(f"plan format version {data['version']} is newer than this amoeba-plugin "
+                            f"understands ({VERSION})", "upgrade amoeba-plugin")
+        try:
+            layers = [LayerPlan(**l) for l in data["layers"]]
+        except (TypeError, KeyError) as exc:
+            raise PlanError(f"malformed plan layers ({exc})", "regenerate the plan") from None
+        return cls(layers=layers, source=data.get("source", {}), hidden_channels=data.get("hidden_channels"),
+                   output_bias=bool(data.get("output_bias", False)), provenance=data.get("provenance", {}))
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"the plan is not valid JSON ({exc})", "pass a plan.json written by amoeba") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "plan.json"
+        if not path.exists():
+            raise PlanError(f"no plan at {path}", "pass the path of a plan.json or of an export directory")
+        return cls.from_json(path.read_text())
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, anatomy: Anatomy, *, check_source: bool = True) -> "Plan":
+        """Raise :class:`PlanError` if this plan cannot be applied to ``anatomy``; return self."""
+        if check_source and self.source:
+            want = self.source.get("fingerprint", "")
+            if want and want.split("-")[0] != anatomy.shape_signature():
+                raise PlanError(
+                    f"this plan was made for another model ({self.source.get('model_type')} with "
+                    f"{self.source.get('num_layers')} layers and hidden size {self.source.get('hidden_size')}; "
+                    f"this one is {anatomy.model_type} with {anatomy.num_layers} layers and hidden size "
+                    f"{anatomy.hidden_size})", "apply it to the model it was made for, or make a new plan")
+        seen = [l.index for l in self.layers]
+        if seen != sorted(set(seen)):
+            raise PlanError(f"layer indices must be unique and ascending, got {seen}", "sort and de-duplicate them")
+        for lp in self.layers:
+            if not 0 <= lp.index < anatomy.num_layers:
+                raise PlanError(f"layer {lp.index} does not exist (the model has {anatomy.num_layers})",
+                                "use indices from 0 to num_layers - 1")
+            _validate_layer(lp, anatomy)
+        if self.hidden_channels is not None:
+            _check_indices(self.hidden_channels, anatomy.hidden_size, "hidden channels", allow_empty=False)
+        return self
+
+    # ------------------------------------------------------------------ accounting
+    def shape(self, anatomy: Anatomy) -> list[dict]:
+        """Per kept layer: query heads, KV groups, head_dim, intermediate size."""
+        out = []
+        for lp in self.layers:
+            r = lp.resolved(anatomy.layer(lp.index))
+            out.append({"index": lp.index, "query_heads": sum(len(q) for q in r.query_heads),
+                        "kv_groups": len(r.kv_groups), "head_dim": len(r.head_channels) if r.kv_groups else 0,
+                        "intermediate_size": len(r.mlp_channels)})
+        return out
+
+    def is_uniform(self, anatomy: Anatomy) -> bool:
+        """True when every kept layer has the same shape and keeps both attention and MLP."""
+        shapes = {(s["query_heads"], s["kv_groups"], s["head_dim"], s["intermediate_size"])
+                  for s in self.shape(anatomy)}
+        return len(shapes) <= 1 and all(s[1] > 0 and s[3] > 0 for s in shapes)
+
+    def num_parameters(self, anatomy: Anatomy, *, embeddings: bool = True) -> int:
+        """Parameters of the sliced model (exact; includes norms and biases)."""
+        hidden = anatomy.hidden_size if self.hidden_channels is None else len(self.hidden_channels)
+        total = hidden  # final norm
+        for s, lp in zip(self.shape(anatomy), self.layers):
+            layer = anatomy.layer(lp.index)
+            nq, nkv, hd, inter = s["query_heads"], s["kv_groups"], s["head_dim"], s["intermediate_size"]
+            if nkv:
+                total += hidden  # input norm
+                total += hidden * hd * (nq + 2 * nkv) + nq * hd * hidden
+                total += sum(n * hd for role, n in (("q", nq), ("k", nkv), ("v", nkv)) if role in anatomy.biases)
+                if "o" in anatomy.biases or self.output_bias:
+                    total += hidden
+                if "q_norm" in layer.modules:
+                    total += 2 * hd
+            if inter:
+                total += hidden + 3 * hidden * inter
+                total += sum(inter for role in ("gate", "up") if role in anatomy.biases)
+                if "down" in anatomy.biases or self.output_bias:
+                    total += hidden
+        emb = anatomy.vocab_size * hidden * (1 if anatomy.tied_embeddings else 2)
+        return total + emb if embeddings else total
+
+    def macs_per_token(self, anatomy: Anatomy, context: int = 0) -> int:
+        """Multiply-accumulates to produce one token's logits: every linear plus the LM head, plus
+        attention scores and values over ``context`` cached tokens."""
+        hidden = anatomy.hidden_size if self.hidden_channels is None else len(self.hidden_channels)
+        macs = anatomy.vocab_size * hidden
+        for s in self.shape(anatomy):
+            nq, nkv, hd, inter = s["query_heads"], s["kv_groups"], s["head_dim"], s["intermediate_size"]
+            macs += hidden * hd * (nq + 2 * nkv) + nq * hd * hidden + 3 * hidden * inter
+            macs += 2 * nq * hd * context
+        return macs
+
+    def summary(self, anatomy: Anatomy) -> dict:
+        full = Plan.full(anatomy)
+        p, p_full = self.num_parameters(anatomy), full.num_parameters(anatomy)
+        ne, ne_full = (self.num_parameters(anatomy, embeddings=False),
+                       full.num_parameters(anatomy, embeddings=False))
+        return {"layers": len(self.layers), "of_layers": anatomy.num_layers,
+                "parameters": p, "parameters_ratio": round(p / p_full, 4),
+                "non_embedding_parameters": ne, "non_embedding_ratio": round(ne / ne_full, 4),
+                "macs_per_token": self.macs_per_token(anatomy),
+                "macs_ratio": round(self.macs_per_token(anatomy) / full.macs_per_token(anatomy), 4),
+                "uniform": self.is_uniform(anatomy)}
+
+
+def source_info(anatomy: Anatomy) -> dict:
+    return {"model_type": anatomy.model_type, "num_layers": anatomy.num_layers,
+            "hidden_size": anatomy.hidden_size, "vocab_size": anatomy.vocab_size,
+            "fingerprint": anatomy.fingerprint}
+
+
+def _check_indices(idx, size: int, what: str, allow_empty: bool = True) -> None:
+    if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+        raise PlanError(f"{what} must be a list of integers", "fix the plan")
+    if idx != sorted(set(idx)):
+        raise PlanError(f"{what} must be unique and ascending", "sort and de-duplicate them")
+    if idx and not (0 <= idx[0] and idx[-1] < size):
+        raise PlanError(f"{what} {idx[0]}..{idx[-1]} fall outside 0..{size - 1}", "use indices inside that range")
+    if not allow_empty and not idx:
+        raise PlanError(f"{what} cannot be empty", "keep at least one")
+
+
+def _validate_layer(lp: LayerPlan, anatomy: Anatomy) -> None:
+    layer = anatomy.layer(lp.index)
+    where = f"layer {lp.index}"
+    if lp.kv_groups is not None:
+        _check_indices(lp.kv_groups, layer.num_kv_groups, f"{where} KV groups")
+    groups = layer.num_kv_groups if lp.kv_groups is None else len(lp.kv_groups)
+    if lp.query_heads is not None:
+        if len(lp.query_heads) != groups:
+            raise PlanError(f"{where} lists query heads for {len(lp.query_heads)} groups but keeps {groups} KV groups",
+                            "give one list of query heads per kept KV group")
+        for q in lp.query_heads:
+            _check_indices(q, layer.queries_per_group, f"{where} query heads", allow_empty=False)
+        if len({len(q) for q in lp.query_heads}) > 1:
+            raise PlanError(f"{where} keeps different numbers of query heads per KV group "
+                            f"({[len(q) for q in lp.query_heads]}); grouped-query attention needs equal counts",
+                            "keep the same number of query heads in every kept group")
+    if lp.head_channels is not None:
+        _check_indices(lp.head_channels, layer.head_dim, f"{where} head channels", allow_empty=False)
+        if anatomy.qk_norm:
+            raise PlanError(f"{where} prunes channels inside heads, but this model normalises q and k over "
+                            "the whole head (q_norm/k_norm), so the sliced model could not match",
+                            "prune whole heads or KV groups instead")
+        if anatomy.rope and layer.head_channels is None:
+            half = layer.head_dim // 2
+            kept = set(lp.head_channels)
+            broken = [j for j in kept if (j + half if j < half else j - half) not in kept]
+            if broken:
+                raise PlanError(f"{where} keeps head channel {broken[0]} without its RoPE partner "
+                                f"{(broken[0] + half) % layer.head_dim}",
+                                "keep channels j and j + head_dim/2 together")
+        elif layer.head_channels is not None:
+            raise PlanError(f"{where} already has pruned head channels", "prune whole heads in this model")
+    if lp.mlp_channels is not None:
+        _check_indices(lp.mlp_channels, layer.intermediate_size, f"{where} MLP channels")

@@ -1,0 +1,229 @@
+"""The plugin manager: built-in plugins first, then every entry point of the ``amoeba_plugin`` group.
+
+Each entry point is loaded on its own, so one that fails to import is reported by name and skipped
+while the rest keep working (pluggy's ``load_setuptools_entrypoints`` stops at the first failure).
+Environment variables, as in pytest/tox/llm:
+
+* ``AMOEBA_BLOCK_PLUGINS=a,b``: never load the named plugins (built-ins included).
+* ``AMOEBA_LOAD_PLUGINS=a,b``: load only these external plugins (empty string: none).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import RegistrationError, UnknownNameError
+
+GROUP = hookspecs.PROJECT
+ENV_BLOCK = "AMOEBA_BLOCK_PLUGINS"
+ENV_LOAD = "AMOEBA_LOAD_PLUGINS"
+BUILTIN_PLUGINS = (
+    "amoeba_plugin.builtin.architectures",
+    "amoeba_plugin.builtin.exporters",
+    "amoeba_plugin.builtin.datasets",
+    "amoeba_plugin.builtin.evaluators",
+    "amoeba_plugin.builtin.metrics",
+    "amoeba_plugin.builtin.methods",
+)
+#: registration hook for each kind of thing a plugin can register
+KINDS = {
+    "methods": "amoeba_register_methods",
+    "metrics": "amoeba_register_metrics",
+    "exporters": "amoeba_register_exporters",
+    "architectures": "amoeba_register_architectures",
+    "evaluators": "amoeba_register_evaluators",
+    "datasets": "amoeba_register_datasets",
+}
+
+
+@dataclass
+class PluginRecord:
+    """What ``amoeba plugins`` shows for one plugin."""
+
+    name: str
+    origin: str  # "builtin" or "entry point"
+    distribution: str | None = None
+    version: str | None = None
+    status: str = "loaded"  # loaded | failed | blocked | not selected
+    error: str | None = None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)
+
+
+class _State:
+    pm: pluggy.PluginManager | None = None
+    records: dict[str, PluginRecord] = {}
+    registries: dict[str, dict[str, Any]] = {}
+    owners: dict[str, dict[str, str]] = {}
+
+
+def _csv(value: str | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {v.strip() for v in value.split(",") if v.strip()}
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide manager, loading plugins on first use."""
+    if _State.pm is None:
+        _load()
+    return _State.pm
+
+
+def _load() -> None:
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    records: dict[str, PluginRecord] = {}
+    blocked = _csv(os.environ.get(ENV_BLOCK)) or set()
+    allow = _csv(os.environ.get(ENV_LOAD))
+    version = _own_version()
+    for modname in BUILTIN_PLUGINS:
+        rec = PluginRecord(name=modname, origin="builtin", distribution="amoeba-plugin", version=version)
+        records[modname] = rec
+        if modname in blocked or modname.rsplit(".", 1)[-1] in blocked:
+            rec.status = "blocked"
+            continue
+        try:
+            pm.register(importlib.import_module(modname), name=modname)
+        except Exception as exc:  # a broken built-in must not take the CLI down either
+            rec.status, rec.error = "failed", f"{type(exc).__name__}: {exc}"
+            _warn(f"amoeba: built-in plugin {modname} failed to load ({rec.error})")
+    for ep in md.entry_points(group=GROUP):
+        dist = getattr(ep, "dist", None)
+        rec = PluginRecord(name=ep.name, origin="entry point",
+                           distribution=dist.metadata["Name"] if dist else None,
+                           version=dist.version if dist else None)
+        if ep.name in records:
+            rec.status = "failed"
+            rec.error = f"plugin name '{ep.name}' is already taken by {records[ep.name].distribution}"
+            _warn(f"amoeba: {rec.error}; rename the entry point of {rec.distribution}")
+            records[f"{ep.name} ({rec.distribution})"] = rec
+            continue
+        records[ep.name] = rec
+        if ep.name in blocked:
+            rec.status = "blocked"
+            continue
+        if allow is not None and ep.name not in allow:
+            rec.status = "not selected"
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:
+            rec.status, rec.error = "failed", f"{type(exc).__name__}: {exc}"
+            _warn(f"amoeba: plugin '{ep.name}' ({rec.distribution}) failed to load and was skipped: {rec.error}")
+    for name, plugin in pm.list_name_plugin():
+        if plugin is not None and name in records:
+            records[name].hooks = sorted(c.name for c in (pm.get_hookcallers(plugin) or []))
+    _State.pm, _State.records = pm, records
+    _State.registries, _State.owners = {}, {}
+    for kind in KINDS:
+        _collect(kind)
+
+
+def _own_version() -> str:
+    try:
+        return md.version("amoeba-plugin")
+    except md.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _collect(kind: str) -> None:
+    """Call one registration hook plugin by plugin, so every entry knows its owner."""
+    pm = _State.pm
+    items: dict[str, Any] = {}
+    owners: dict[str, str] = {}
+    caller = getattr(pm.hook, KINDS[kind])
+    for impl in reversed(caller.get_hookimpls()):  # registration order: built-ins first
+        owner = impl.plugin_name
+        rec = _State.records.get(owner)
+
+        def register(obj: Any, *, _owner: str = owner) -> None:
+            name = getattr(obj, "name", None)
+            if not isinstance(name, str) or not name:
+                raise RegistrationError(f"{_owner} registered a {kind[:-1]} without a string .name",
+                                        "give the object a non-empty `name` attribute")
+            if name in items:
+                raise RegistrationError(
+                    f"{kind[:-1]} '{name}' from plugin '{_owner}' clashes with the one registered by "
+                    f"plugin '{owners[name]}'", f"rename one of them, or block one with {ENV_BLOCK}")
+            items[name], owners[name] = obj, _owner
+            if rec is not None:
+                rec.registered.setdefault(kind, []).append(name)
+
+        try:
+            impl.function(register=register) if "register" in impl.argnames else impl.function()
+        except Exception as exc:
+            msg = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RegistrationError) else str(exc)
+            _warn(f"amoeba: plugin '{owner}' failed in {KINDS[kind]}: {msg}")
+            if rec is not None:
+                rec.error = (rec.error + "; " if rec.error else "") + msg
+    _State.registries[kind], _State.owners[kind] = items, owners
+
+
+def registry(kind: str) -> dict[str, Any]:
+    """All registered objects of one kind (``methods``, ``metrics``, ...), by name."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown registry kind {kind!r}; expected one of {sorted(KINDS)}")
+    get_plugin_manager()
+    return dict(_State.registries[kind])
+
+
+def owner(kind: str, name: str) -> str:
+    """The plugin that registered ``name`` of ``kind``."""
+    get_plugin_manager()
+    return _State.owners[kind][name]
+
+
+def get(kind: str, name: str) -> Any:
+    """One registered object, or an error that lists what is available."""
+    items = registry(kind)
+    if name not in items:
+        raise UnknownNameError(
+            f"no {kind[:-1]} named '{name}' (available: {', '.join(sorted(items)) or 'none'})",
+            f"pick one of those, or install the plugin that provides '{name}' (see `amoeba plugins`)")
+    return items[name]
+
+
+def plugin_records() -> list[PluginRecord]:
+    get_plugin_manager()
+    return list(_State.records.values())
+
+
+def hook():
+    """The pluggy hook relay, for lifecycle hooks: ``hook().amoeba_on_plan(plan=..., context=...)``."""
+    return get_plugin_manager().hook
+
+
+def register_plugin(plugin: Any, name: str) -> None:
+    """Register an in-process plugin object (tests, notebooks) and refresh the registries."""
+    pm = get_plugin_manager()
+    pm.register(plugin, name=name)
+    _State.records[name] = PluginRecord(name=name, origin="in process")
+    for kind in KINDS:
+        _collect(kind)
+
+
+def unregister_plugin(name: str) -> None:
+    pm = get_plugin_manager()
+    pm.unregister(name=name)
+    _State.records.pop(name, None)
+    for kind in KINDS:
+        _collect(kind)
+
+
+def reset() -> None:
+    """Forget everything; the next access reloads (used by tests after changing the environment)."""
+    _State.pm = None
+    _State.records, _State.registries, _State.owners = {}, {}, {}
