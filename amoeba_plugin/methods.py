@@ -1,0 +1,59 @@
+"""The method contract. A method (a backend) turns a model, calibration data and a Budget into a
+Plan (and, if it changes weights, a patch or a new model). Register instances through
+``amoeba_register_methods``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .anatomy import Anatomy
+from .budget import Budget
+from .errors import InvalidBudgetError
+from .plan import Plan
+
+#: what a method may declare in ``capabilities``
+CAPABILITIES = ("depth", "width", "hidden", "calibration", "trains", "changes_weights", "family_of_plans")
+
+
+@dataclass
+class PruningContext:
+    """Everything a method gets for one run."""
+
+    model: Any
+    tokenizer: Any
+    anatomy: Anatomy
+    budget: Budget
+    options: dict = field(default_factory=dict)
+    seed: int = 0
+    #: returns calibration windows (LongTensor [n, seq_len]); only called by methods that need them
+    calibration: Callable[[], Any] | None = None
+    progress: Callable[..., Any] | None = None
+
+
+@dataclass
+class PruneResult:
+    plan: Plan
+    #: source-named tensors replacing or adding parameters (compensation biases, reformed weights)
+    patch: dict | None = None
+    #: set by methods that trained the weights: the model the plan applies to
+    model: Any = None
+    info: dict = field(default_factory=dict)
+
+
+class Method:
+    """Base class. Set ``name``, ``description``, ``capabilities``, ``budget_kinds`` and
+    ``default_options``; implement :meth:`prune`."""
+
+    name: str = ""
+    description: str = ""
+    capabilities: frozenset[str] = frozenset()
+    budget_kinds: tuple[str, ...] = ("params", "nonembed", "count", "macs")
+    default_options: dict = {}
+
+    def check_budget(self, budget: Budget) -> None:
+        if budget.kind not in self.budget_kinds:
+            raise InvalidBudgetError(f"method '{self.name}' cannot meet a '{budget.kind}' budget",
+                                     f"use one of: {', '.join(self.budget_kinds)}")
+
+    def prune(self, context: PruningContext) -> PruneResult:  # pragma: no cover - abstract
+        raise NotImplementedError

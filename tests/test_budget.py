@@ -1,0 +1,42 @@
+"""Budgets parse from the CLI's strings, reject impossible values with a fix, and measure plans."""
+import pytest
+
+from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.budget import Budget
+from amoeba_plugin.errors import InvalidBudgetError
+from amoeba_plugin.plan import LayerPlan, Plan
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("0.5", "params", 0.5), ("50%", "params", 0.5), ("params=0.8", "params", 0.8),
+    ("nonembed=0.6", "nonembed", 0.6), ("macs=0.5", "macs", 0.5), ("count=3e6", "count", 3_000_000),
+    ("1", "params", 1.0),
+])
+def test_parse(text, kind, value):
+    b = Budget.parse(text)
+    assert (b.kind, b.value) == (kind, value)
+    assert Budget.from_dict(b.to_dict()) == b
+
+
+def test_parse_shape():
+    b = Budget.parse("shape=layers:6,heads:4,kv_heads:2")
+    assert b.kind == "shape" and b.value == {"layers": 6, "heads": 4, "kv_heads": 2}
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "-0.2", "abc", "macs=0", "count=0", "flops=0.5", "shape=layers:x",
+                                 "shape=wings:2"])
+def test_bad_budgets_name_the_fix(bad):
+    with pytest.raises(InvalidBudgetError) as err:
+        Budget.parse(bad)
+    assert "Fix:" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fits_and_measures(tiny_llama):
+    a = anatomy_of(tiny_llama)
+    full = Plan.full(a)
+    half = Plan([LayerPlan(0), LayerPlan(1)], source=full.source)
+    b = Budget.parse("0.8")
+    assert not b.fits(full, a) and b.fits(half, a)
+    assert Budget.parse("1").fits(full, a)
+    assert Budget.parse("nonembed=0.51").fits(half, a)
+    assert Budget.parse("macs=0.6").measure(half, a) < full.macs_per_token(a)
