@@ -145,7 +145,12 @@ def _collect(kind: str) -> None:
     items: dict[str, Any] = {}
     owners: dict[str, str] = {}
     caller = getattr(pm.hook, KINDS[kind])
-    for impl in reversed(caller.get_hookimpls()):  # registration order: built-ins first
+    for rec in _State.records.values():  # collected again after register_plugin/unregister_plugin
+        rec.registered.pop(kind, None)
+    order = {name: i for i, (name, _) in enumerate(pm.list_name_plugin())}
+    # plugin registration order (built-ins first), so the first to register a name keeps it;
+    # get_hookimpls() is ordered for calling (last registered is called first; tryfirst/trylast move)
+    for impl in sorted(caller.get_hookimpls(), key=lambda i: order.get(i.plugin_name, len(order))):
         owner = impl.plugin_name
         rec = _State.records.get(owner)
 
@@ -167,7 +172,7 @@ def _collect(kind: str) -> None:
         except Exception as exc:
             msg = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RegistrationError) else str(exc)
             _warn(f"amoeba: plugin '{owner}' failed in {KINDS[kind]}: {msg}")
-            if rec is not None:
+            if rec is not None and (rec.error is None or msg not in rec.error):
                 rec.error = (rec.error + "; " if rec.error else "") + msg
     _State.registries[kind], _State.owners[kind] = items, owners
 

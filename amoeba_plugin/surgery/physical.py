@@ -39,6 +39,10 @@ def slice_state_dict(model, anatomy: Anatomy, plan: Plan, patch: dict | None = N
             t = t.index_select(1, torch.as_tensor(cols, dtype=torch.long))
         return t.detach().clone().contiguous()
 
+    def zeros(module, size):
+        w = src[module + ".weight"]
+        return torch.zeros(size, dtype=w.dtype, device=w.device)
+
     out["model.embed_tokens.weight"] = take(f"{anatomy.embed}.weight", cols=hid)
     out["model.norm.weight"] = take(f"{anatomy.final_norm}.weight", rows=hid)
     if not anatomy.tied_embeddings:
@@ -56,6 +60,8 @@ def slice_state_dict(model, anatomy: Anatomy, plan: Plan, patch: dict | None = N
             out[pre + _ATTN["o"] + ".weight"] = take(mods["o"] + ".weight", rows=hid, cols=qr)
             if mods["o"] + ".bias" in src:
                 out[pre + _ATTN["o"] + ".bias"] = take(mods["o"] + ".bias", rows=hid)
+            elif plan.output_bias:  # the plan promises an output bias on every kept layer
+                out[pre + _ATTN["o"] + ".bias"] = zeros(mods["o"], len(hid))
             for role in ("q_norm", "k_norm"):
                 if role in mods:
                     out[pre + _ATTN[role] + ".weight"] = take(mods[role] + ".weight")
@@ -69,6 +75,8 @@ def slice_state_dict(model, anatomy: Anatomy, plan: Plan, patch: dict | None = N
             out[pre + _MLP["down"] + ".weight"] = take(mods["down"] + ".weight", rows=hid, cols=ch)
             if mods["down"] + ".bias" in src:
                 out[pre + _MLP["down"] + ".bias"] = take(mods["down"] + ".bias", rows=hid)
+            elif plan.output_bias:
+                out[pre + _MLP["down"] + ".bias"] = zeros(mods["down"], len(hid))
     return out
 
 

@@ -1,0 +1,379 @@
+"""The Python API, in Optimum's style::
+
+    from amoeba_plugin import AmoebaPruner, PruningConfig
+
+    pruner = AmoebaPruner.from_pretrained("amoeba-tiny-sotu")
+    config = PruningConfig(method="uniform-magnitude", budget="0.5")
+    out = pruner.prune(config, save_directory="pruned/", evaluate=True)
+    out.model, out.plan, out.summary, out.perplexity_before, out.perplexity_after
+
+Every input is checked before any heavy work (calibration, scoring, slicing, writing), so a bad
+budget, method name, data source or output directory fails fast and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .budget import Budget
+from .errors import AmoebaError, DataError
+
+CONFIG_NAME = "pruning_config.json"
+
+
+def _budget_text(budget: Budget) -> str | dict:
+    """A lossless text form of ``budget`` (``str(budget)`` rounds large counts)."""
+    if budget.tolerance:
+        return budget.to_dict()
+    if budget.kind == "shape":
+        return str(budget)
+    if budget.kind == "count":
+        return f"count={int(budget.value)}"
+    return f"{budget.kind}={budget.value!r}"
+
+
+def _optional_source(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = str(value).strip()
+    return None if value.lower() in ("", "none", "null", "off") else value
+
+
+@dataclass
+class PruningConfig:
+    """What to prune and how. Serialises to ``pruning_config.json``.
+
+    ``budget`` is a string such as ``"0.5"``, ``"nonembed=0.6"``, ``"macs=0.5"``, ``"count=3e6"``
+    or ``"shape=layers:6,heads:4"``, or a :class:`~amoeba_plugin.budget.Budget`. ``calibration`` and
+    ``evaluation`` name text sources (``"sotu:train"``, a file path, ...) or are None.
+    """
+
+    CONFIG_NAME: ClassVar[str] = CONFIG_NAME
+
+    method: str = "uniform-magnitude"
+    budget: str | Budget = "0.5"
+    calibration: str | None = "sotu:train"
+    calibration_samples: int = 32
+    calibration_seq_len: int = 256
+    seed: int = 0
+    exporter: str = "auto"
+    evaluation: str | None = "sotu:validation"
+    evaluation_windows: int = 32
+    evaluation_seq_len: int = 256
+    method_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.budget, dict):
+            self.budget = Budget.from_dict(self.budget)
+        self.budget_spec  # parse now: an invalid budget raises InvalidBudgetError here
+        self.calibration = _optional_source(self.calibration)
+        self.evaluation = _optional_source(self.evaluation)
+        if not isinstance(self.method, str) or not self.method:
+            raise AmoebaError(f"method must be a non-empty name, got {self.method!r}",
+                              "pass a method name (see `amoeba methods`)")
+        for name, low in (("calibration_samples", 1), ("calibration_seq_len", 2), ("evaluation_windows", 1),
+                          ("evaluation_seq_len", 2), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise AmoebaError(f"{name} must be an integer >= {low}, got {value!r}",
+                                  f"set {name} to an integer of at least {low}")
+        if self.method_options is None:
+            self.method_options = {}
+        if not isinstance(self.method_options, dict):
+            raise AmoebaError(f"method_options must be a dict, got {type(self.method_options).__name__}",
+                              "pass options as a mapping of name to value")
+        try:
+            json.dumps(self.method_options)
+        except (TypeError, ValueError) as exc:
+            raise AmoebaError(f"method_options are not JSON-serialisable ({exc})",
+                              "use plain numbers, strings, lists and dicts as option values") from None
+
+    @property
+    def budget_spec(self) -> Budget:
+        """The parsed :class:`Budget`."""
+        return Budget.parse(self.budget)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["budget"] = _budget_text(self.budget_spec)
+        out["method_options"] = json.loads(json.dumps(self.method_options))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PruningConfig":
+        if not isinstance(data, dict):
+            raise AmoebaError("a pruning config must be a JSON object", f"write {CONFIG_NAME} as an object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AmoebaError(f"unknown pruning config key(s): {', '.join(unknown)}",
+                              f"use only: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``pruning_config.json`` into ``save_directory`` (created if needed); return its path."""
+        directory = Path(save_directory)
+        if directory.suffix == ".json":
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            path = directory
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / CONFIG_NAME
+        path.write_text(self.to_json_string())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "PruningConfig":
+        """Read a config from a directory holding ``pruning_config.json``, or from a JSON file."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            raise AmoebaError(f"no pruning config at {path}",
+                              f"pass a directory holding {CONFIG_NAME} or the path of a JSON file")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AmoebaError(f"{path} is not valid JSON ({exc})", "fix or regenerate the file") from None
+        return cls.from_dict(data)
+
+
+@dataclass
+class PruningOutput:
+    """What :meth:`AmoebaPruner.prune` returns."""
+
+    model: Any
+    plan: Any
+    summary: dict
+    config: PruningConfig
+    perplexity_before: float | None = None
+    perplexity_after: float | None = None
+    export_path: Path | None = None
+    patch: dict | None = None
+    info: dict = field(default_factory=dict)
+
+
+def get_calibration_dataset(tokenizer, source: str = "sotu:train", num_samples: int = 32, seq_len: int = 256,
+                            seed: int = 0):
+    """Calibration windows: a LongTensor ``[num_samples, seq_len]`` of token ids from ``source``."""
+    if tokenizer is None:
+        raise DataError("calibration data needs a tokenizer and none was given",
+                        "pass tokenizer= (or load the model by name so its tokenizer comes along)")
+    from .data import calibration_windows
+
+    return calibration_windows(tokenizer, source, num_samples, seq_len, seed)
+
+
+def check_output_directory(destination: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Raise if ``destination`` cannot receive an export; never creates anything."""
+    dest = Path(destination).expanduser().resolve()
+    if dest.exists() and not dest.is_dir():
+        raise AmoebaError(f"{dest} exists and is a file", "choose a directory path for the output")
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise AmoebaError(f"output directory {dest} already exists and is not empty",
+                          "choose a new directory or pass --overwrite")
+    return dest
+
+
+def export_with_config(exporter_name: str, request, destination, overwrite: bool = False,
+                       config: PruningConfig | None = None) -> Path:
+    """:func:`amoeba_plugin.export.export`, also writing ``pruning_config.json`` before the atomic rename."""
+    from .export import atomic_directory
+    from .plugins import get, hook
+
+    exporter = get("exporters", exporter_name)
+    request.plan.validate(request.anatomy)
+    reason = exporter.check(request)
+    if reason:
+        raise AmoebaError(f"the '{exporter_name}' exporter cannot write this plan: {reason}",
+                          "pick another exporter (see `amoeba plugins`), e.g. --exporter amoeba")
+    with atomic_directory(destination, overwrite) as tmp:
+        exporter.write(request, tmp)
+        if config is not None:
+            config.save_pretrained(tmp)
+    dest = Path(destination).expanduser().resolve()
+    hook().amoeba_on_export(directory=dest, plan=request.plan, exporter=exporter)
+    return dest
+
+
+def preflight(config: PruningConfig, save_directory=None, overwrite: bool = False, evaluate: bool = False,
+              has_tokenizer: bool = True):
+    """Every check of a prune run that needs neither the model nor heavy work; returns (method, budget).
+
+    Checks the budget, the method name and the budget kinds it accepts, that the calibration and
+    evaluation sources resolve, the exporter name and that the output directory may be written.
+    """
+    from .plugins import get
+
+    budget = config.budget_spec
+    method = get("methods", config.method)
+    method.check_budget(budget)
+    needs_data = "calibration" in getattr(method, "capabilities", ())
+    if needs_data and config.calibration is None:
+        raise DataError(f"method '{method.name}' needs calibration data and calibration is off",
+                        "pass a calibration source, e.g. --calibration sotu:train")
+    sources = []
+    if config.calibration is not None and needs_data:
+        sources.append(config.calibration)
+    if evaluate and config.evaluation is not None:
+        sources.append(config.evaluation)
+    if sources and not has_tokenizer:
+        raise DataError("calibration/evaluation text needs a tokenizer and this model has none",
+                        "pass tokenizer= to AmoebaPruner.from_pretrained, or turn calibration/evaluation off")
+    if config.calibration is not None and not needs_data:
+        sources.append(config.calibration)  # still checked: a typo should not pass silently
+    if sources:
+        from .data import resolve_source
+
+        for spec in sources:
+            resolve_source(spec)
+    if save_directory is not None:
+        get("exporters", config.exporter)
+        check_output_directory(save_directory, overwrite)
+    return method, budget
+
+
+class AmoebaPruner:
+    """Prunes one model. Build it with :meth:`from_pretrained`."""
+
+    def __init__(self, model, tokenizer=None, anatomy=None, name: str | None = None):
+        from .anatomy import anatomy_of
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.anatomy = anatomy if anatomy is not None else anatomy_of(model)
+        self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+    @classmethod
+    def from_pretrained(cls, model_or_path, tokenizer=None, **load_kwargs) -> "AmoebaPruner":
+        """From a loaded model (pass ``tokenizer=`` too for calibration and evaluation), or from a
+        name or path, loaded with :func:`amoeba_plugin.models.load_model`."""
+        name = None
+        if isinstance(model_or_path, (str, os.PathLike)):
+            from .models import load_model
+
+            name = str(model_or_path)
+            model, loaded_tokenizer = load_model(name, **load_kwargs)
+            tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
+        else:
+            model = model_or_path
+            if not hasattr(model, "config") or not hasattr(model, "parameters"):
+                raise AmoebaError(f"expected a Hugging Face causal LM or a model name/path, got "
+                                  f"{type(model).__name__}", "pass a PreTrainedModel, a hub name or a directory")
+        return cls(model, tokenizer, name=name)
+
+    # ------------------------------------------------------------------ data
+    def get_calibration_dataset(self, source: str = "sotu:train", num_samples: int = 32, seq_len: int = 256,
+                                seed: int = 0):
+        return get_calibration_dataset(self.tokenizer, source, num_samples, seq_len, seed)
+
+    def perplexity(self, model=None, source: str = "sotu:validation", seq_len: int = 256, max_windows: int = 32):
+        if self.tokenizer is None:
+            raise DataError("perplexity needs a tokenizer and none was given", "pass tokenizer= to from_pretrained")
+        from .eval import perplexity
+
+        return perplexity(model if model is not None else self.model, self.tokenizer, source=source,
+                          seq_len=seq_len, max_windows=max_windows)
+
+    # ------------------------------------------------------------------ pruning
+    def prune(self, config: PruningConfig | dict | None = None, save_directory: str | os.PathLike | None = None,
+              overwrite: bool = False, evaluate: bool = False) -> PruningOutput:
+        """Run ``config.method`` under ``config.budget``; slice; optionally export and evaluate."""
+        import torch
+
+        from .anatomy import anatomy_of
+        from .export import ExportRequest
+        from .methods import PruningContext
+        from .plan import Plan
+        from .plugins import hook
+        from .progress import report
+        from .surgery import slice_model
+
+        if config is None:
+            config = PruningConfig()
+        elif isinstance(config, dict):
+            config = PruningConfig.from_dict(config)
+        method, budget = preflight(config, save_directory, overwrite, evaluate, self.tokenizer is not None)
+
+        ppl_before = None
+        if evaluate and config.evaluation is not None:
+            ppl_before = self.perplexity(source=config.evaluation, seq_len=config.evaluation_seq_len,
+                                         max_windows=config.evaluation_windows)
+
+        cache: dict = {}
+
+        def calibration():
+            if config.calibration is None:
+                raise DataError(f"method '{method.name}' asked for calibration data but calibration is off",
+                                "pass a calibration source, e.g. --calibration sotu:train")
+            if "data" not in cache:
+                report("calibration", 0, 1)
+                cache["data"] = self.get_calibration_dataset(config.calibration, config.calibration_samples,
+                                                             config.calibration_seq_len, config.seed)
+                report("calibration", 1, 1)
+            return cache["data"]
+
+        options = {**getattr(method, "default_options", {}), **config.method_options}
+        context = PruningContext(model=self.model, tokenizer=self.tokenizer, anatomy=self.anatomy, budget=budget,
+                                 options=dict(config.method_options), seed=config.seed,
+                                 calibration=calibration if config.calibration is not None else None,
+                                 progress=report)
+        torch.manual_seed(config.seed)
+        report("prune", 0, 1, method.name)
+        result = method.prune(context)
+        report("prune", 1, 1, method.name)
+        plan = result.plan
+        if not isinstance(plan, Plan):
+            raise RuntimeError(f"method '{method.name}' returned {type(plan).__name__}, not a Plan")
+        base = result.model if result.model is not None else self.model
+        anatomy = anatomy_of(base) if result.model is not None else self.anatomy
+        plan.provenance.setdefault("method", method.name)
+        plan.provenance.setdefault("budget", str(budget))
+        plan.provenance.setdefault("seed", config.seed)
+        if config.calibration is not None and cache:
+            plan.provenance.setdefault("calibration", config.calibration)
+        hook().amoeba_on_plan(plan=plan, context={"method": method.name, "budget": budget, "anatomy": anatomy,
+                                                  "model": base, "config": config, "options": options})
+        plan.validate(anatomy)
+        sliced = slice_model(base, anatomy, plan, patch=result.patch)
+
+        summary = plan.summary(anatomy)
+        full = Plan.full(anatomy)
+        summary.update(method=method.name, budget=str(budget),
+                       fits_budget=budget.fits(plan, anatomy),
+                       parameters_before=full.num_parameters(anatomy),
+                       non_embedding_parameters_before=full.num_parameters(anatomy, embeddings=False),
+                       shape=plan.shape(anatomy))
+        if result.info:
+            summary["method_info"] = result.info
+
+        ppl_after = None
+        if evaluate and config.evaluation is not None:
+            ppl_after = self.perplexity(model=sliced, source=config.evaluation, seq_len=config.evaluation_seq_len,
+                                        max_windows=config.evaluation_windows)
+            summary.update(perplexity_before=ppl_before, perplexity_after=ppl_after)
+
+        export_path = None
+        if save_directory is not None:
+            info = {"method": method.name, "budget": str(budget), "calibration": config.calibration,
+                    "seed": config.seed, "source_model": self.name, "pruning_config": config.to_dict(),
+                    "summary": summary, **({"method_info": result.info} if result.info else {})}
+            if ppl_before is not None:
+                info["perplexity"] = {"source": config.evaluation, "before": ppl_before, "after": ppl_after}
+            request = ExportRequest(model=base, anatomy=anatomy, plan=plan, tokenizer=self.tokenizer,
+                                    patch=result.patch, info=info, sliced=sliced)
+            export_path = export_with_config(config.exporter, request, save_directory, overwrite, config)
+        return PruningOutput(model=sliced, plan=plan, summary=summary, config=config,
+                             perplexity_before=ppl_before, perplexity_after=ppl_after, export_path=export_path,
+                             patch=result.patch, info=dict(result.info or {}))
+
+
+__all__ = ["AmoebaPruner", "PruningConfig", "PruningOutput", "get_calibration_dataset", "CONFIG_NAME",
+           "check_output_directory", "export_with_config", "preflight"]

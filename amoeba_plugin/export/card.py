@@ -1,0 +1,212 @@
+"""The model card (``README.md``) every export carries: what was pruned, how, and how to load it.
+
+The card states facts only: the plan, its provenance (method, budget, metric, seed, calibration),
+exact parameter and MAC counts from :meth:`Plan.summary`, metrics the caller measured, and the
+loading recipe that fits the architecture that was written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from ..plan import Plan
+
+TAGS = ("amoeba-plugin", "pruned", "structured-pruning")
+#: provenance keys rendered in the "How it was pruned" list, in this order, with their labels
+_FACTS = (("method", "Method"), ("budget", "Budget"), ("metric", "Importance metric"), ("seed", "Seed"),
+          ("calibration", "Calibration data"))
+#: info keys that are not facts about pruning (or that other sections render)
+_SKIP = {"source_model", "plan", "summary", "pruning_config", "method_info", "perplexity", "metrics"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def hub_id(source: Any) -> str | None:
+    """``source`` when it looks like a Hugging Face Hub repo id (not a local path), else None."""
+    if not isinstance(source, str) or not _HUB_ID.match(source) or source.endswith((".", "-")):
+        return None
+    if os.path.exists(source) or ".." in source:
+        return None
+    return source
+
+
+def _yaml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return f"`{json.dumps(value, default=str)}`"
+    return str(value)
+
+
+def _metric_rows(info: dict) -> list[tuple[str, Any, Any, str | None]]:
+    """(name, before, after, evaluated on) for every metric the caller reported."""
+    rows: list[tuple[str, Any, Any, str | None]] = []
+    ppl = info.get("perplexity")
+    if isinstance(ppl, dict) and ("before" in ppl or "after" in ppl):
+        rows.append(("perplexity", ppl.get("before"), ppl.get("after"), ppl.get("source")))
+    metrics = info.get("metrics")
+    if isinstance(metrics, dict):
+        for name, value in metrics.items():
+            if isinstance(value, dict):
+                rows.append((name, value.get("before"), value.get("after"), value.get("source")))
+    for key in info:
+        if key.endswith("_before"):
+            name = key[: -len("_before")]
+            if any(r[0] == name for r in rows):
+                continue
+            rows.append((name, info.get(key), info.get(f"{name}_after"), info.get(f"{name}_source")))
+        elif key.endswith("_after") and f"{key[: -len('_after')]}_before" not in info:
+            name = key[: -len("_after")]
+            if not any(r[0] == name for r in rows):
+                rows.append((name, None, info.get(key), info.get(f"{name}_source")))
+    return rows
+
+
+def _is_metric_key(key: str, info: dict) -> bool:
+    if key.endswith(("_before", "_after")):
+        return True
+    return key.endswith("_source") and (f"{key[:-7]}_before" in info or f"{key[:-7]}_after" in info)
+
+
+def model_card(request, exporter_name: str, sliced_model=None) -> str:
+    """``README.md`` for an export of ``request`` by ``exporter_name``; ``sliced_model`` is the model
+    written next to it (None for a plan-only export)."""
+    plan: Plan = request.plan
+    anatomy = request.anatomy
+    info = {k: v for k, v in dict(request.info or {}).items()}
+    facts = {**dict(plan.provenance or {}), **{k: v for k, v in info.items() if k not in _SKIP}}
+    source = info.get("source_model") or plan.source.get("name")
+    base = hub_id(source)
+    summary = plan.summary(anatomy)
+    full = Plan.full(anatomy)
+    before, before_ne = full.num_parameters(anatomy), full.num_parameters(anatomy, embeddings=False)
+    kept = [lp.index for lp in plan.layers]
+    dropped = [i for i in range(anatomy.num_layers) if i not in set(kept)]
+    model_type = getattr(getattr(sliced_model, "config", None), "model_type", None)
+    amoeba = model_type == "amoeba"
+    arch = type(sliced_model).__name__ if sliced_model is not None else None
+
+    lines = ["---", "library_name: transformers"]
+    if base:
+        lines.append(f"base_model: {_yaml_str(base)}")
+    lines += ["tags:", *[f"- {t}" for t in TAGS], "pipeline_tag: text-generation", "---", ""]
+
+    what = f"`{source}`" if source else f"a {anatomy.model_type} model"
+    if base:
+        what = f"[`{base}`](https://huggingface.co/{base})"
+    if sliced_model is None:
+        lines += [f"# Pruning plan for {source or anatomy.model_type}", "",
+                  f"This directory holds only a structured-pruning plan (`plan.json`) for {what}, written by "
+                  f"amoeba-plugin {_version()} with the `{exporter_name}` exporter. It contains no weights.", ""]
+    else:
+        lines += [f"# {source or anatomy.model_type} (structurally pruned)", "",
+                  f"A structurally pruned version of {what} ({anatomy.model_type}, {anatomy.num_layers} layers), "
+                  f"written by amoeba-plugin {_version()} with the `{exporter_name}` exporter. Whole structural "
+                  "units (layers, attention heads, KV groups, channels) were removed, so the model is physically "
+                  "smaller; the remaining weights are copied from the source unchanged"
+                  + (" except for the compensation tensors listed below" if request.patch else "") + ".", ""]
+
+    lines += ["## How it was pruned", ""]
+    for key, label in _FACTS:
+        if key in facts:
+            value = facts[key]
+            if key == "calibration" and value is None:
+                value = "none (data-free)"
+            lines.append(f"- {label}: {_fmt(value)}")
+        elif key in ("method", "calibration"):
+            lines.append(f"- {label}: not recorded")
+    extra = [k for k in facts if k not in dict(_FACTS) and not _is_metric_key(k, info)]
+    for key in extra:
+        lines.append(f"- {key.replace('_', ' ')}: {_fmt(facts[key])}")
+    if plan.output_bias:
+        lines.append("- Output biases: every kept `o_proj` and `down_proj` carries a bias (bias compensation)")
+    if request.patch:
+        lines.append(f"- Compensation: {len(request.patch)} tensor(s) computed by the method "
+                     + ("were folded into the weights" if sliced_model is not None
+                        else "are NOT part of this plan-only export"))
+    lines.append("")
+
+    lines += ["## Result", "",
+              f"- Layers: {len(kept)} of {anatomy.num_layers} kept; dropped: "
+              + (", ".join(str(i) for i in dropped) if dropped else "none")]
+    if plan.hidden_channels is not None:
+        lines.append(f"- Hidden size: {len(plan.hidden_channels)} of {anatomy.hidden_size} channels kept")
+    lines += [
+        f"- Parameters: {before:,} → {summary['parameters']:,} ({summary['parameters_ratio']:.2%} of the original)",
+        f"- Non-embedding parameters: {before_ne:,} → {summary['non_embedding_parameters']:,} "
+        f"({summary['non_embedding_ratio']:.2%})",
+        f"- MACs per token: {full.macs_per_token(anatomy):,} → {summary['macs_per_token']:,} "
+        f"({summary['macs_ratio']:.2%} of the original)",
+        f"- Same shape in every layer: {'yes' if summary['uniform'] else 'no'}",
+    ]
+    if sliced_model is not None:
+        lines.append(f"- Architecture: `{arch}` (model_type `{model_type}`)"
+                     + (", the amoeba-plugin per-layer architecture" if amoeba else ", the family's stock class"))
+        first = next(iter(sliced_model.parameters()), None)
+        if first is not None:
+            lines.append(f"- Weights: {str(first.dtype).removeprefix('torch.')} (the source model's dtype)")
+    lines.append("")
+
+    lines += ["## Per-layer shapes", "",
+              "| layer | source layer | query heads | KV groups | head_dim | MLP width |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for new, (shape, lp) in enumerate(zip(plan.shape(anatomy), plan.layers)):
+        src = anatomy.layer(lp.index)
+        lines.append(f"| {new} | {lp.index} | {shape['query_heads']} / {src.num_query_heads} | "
+                     f"{shape['kv_groups']} / {src.num_kv_groups} | {shape['head_dim']} / {src.head_dim} | "
+                     f"{shape['intermediate_size']} / {src.intermediate_size} |")
+    lines += ["", "Each cell is kept / source. A layer with 0 KV groups has no attention block; one with MLP width 0 "
+              "has no MLP block.", ""]
+
+    rows = _metric_rows(info)
+    if rows:
+        lines += ["## Evaluation", "", "| metric | data | before | after |", "|---|---|---:|---:|"]
+        for name, b, a, where in rows:
+            lines.append(f"| {name} | {where or '-'} | {'-' if b is None else _fmt(b)} | "
+                         f"{'-' if a is None else _fmt(a)} |")
+        lines.append("")
+
+    lines += ["## How to use", ""]
+    if sliced_model is None:
+        lines += ["Apply the plan to the source model with the `amoeba` CLI:", "", "```bash",
+                  f"amoeba export {source or 'SOURCE_MODEL'} --plan path/to/this/directory --output pruned-model",
+                  "```", "", "or in Python:", "", "```python", "from transformers import AutoModelForCausalLM", "",
+                  "from amoeba_plugin import Plan, anatomy_of, slice_model", "",
+                  f"model = AutoModelForCausalLM.from_pretrained({json.dumps(source or 'SOURCE_MODEL')})",
+                  "plan = Plan.load(\"path/to/this/directory\")",
+                  "small = slice_model(model, anatomy_of(model), plan)", "```", ""]
+    elif amoeba:
+        lines += ["This model uses the `amoeba` architecture (each layer has its own shape). Install "
+                  "amoeba-plugin and import it before loading; it registers the architecture with transformers' "
+                  "Auto classes (no `trust_remote_code`):", "", "```python",
+                  "import amoeba_plugin  # noqa: F401  (registers model_type \"amoeba\")",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                  "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/directory\")",
+                  "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/directory\")", "```", ""]
+    else:
+        lines += ["This model uses the stock transformers architecture of its family; it loads without "
+                  "amoeba-plugin:", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                  "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/directory\")",
+                  "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/directory\")", "```", ""]
+    lines += ["`plan.json` records exactly which units of the source model were kept; `amoeba export "
+              "SOURCE --plan plan.json` reproduces this export from the source model."
+              if sliced_model is not None else
+              "`plan.json` lists, by index into the source model, the kept layers, KV groups, query heads, "
+              "head channels and MLP channels.", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["model_card", "hub_id", "TAGS"]

@@ -1,0 +1,112 @@
+"""Progress reporting: a tqdm bar for people, ``amoeba_on_progress`` events for plugins.
+
+Events are throttled (at most about :data:`MAX_EVENTS` per stage, plus the first and the last), so
+a plugin that logs every event does not slow a long loop down. Bars go to stderr and are hidden when
+stderr is not a terminal; ``AMOEBA_PROGRESS=1`` forces them on, ``AMOEBA_PROGRESS=0`` off.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+MAX_EVENTS = 20
+ENV = "AMOEBA_PROGRESS"
+
+
+@dataclass
+class ProgressEvent:
+    """One step of a long stage. ``total`` is None when unknown; ``step == total`` marks the end."""
+
+    stage: str
+    step: int
+    total: int | None = None
+    message: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        return self.step / self.total if self.total else None
+
+
+_failed_hooks: set[str] = set()
+
+
+def emit(event: ProgressEvent) -> None:
+    """Fire ``amoeba_on_progress``; a plugin whose hook raises is warned about once, then ignored."""
+    from .plugins import hook
+
+    try:
+        hook().amoeba_on_progress(event=event)
+    except Exception as exc:  # a progress observer must never break a run
+        key = type(exc).__name__ + str(exc)
+        if key not in _failed_hooks:
+            _failed_hooks.add(key)
+            warnings.warn(f"amoeba: an amoeba_on_progress hook failed: {type(exc).__name__}: {exc}",
+                          RuntimeWarning, stacklevel=2)
+
+
+def bars_disabled() -> bool | None:
+    """tqdm's ``disable`` argument: None means "hide on a non-terminal"."""
+    value = os.environ.get(ENV)
+    if value is None or value == "":
+        return None
+    return value.strip().lower() in ("0", "false", "no", "off")
+
+
+def _should_fire(step: int, total: int | None) -> bool:
+    if total:
+        every = max(1, total // MAX_EVENTS)
+        return step % every == 0 or step == total
+    return step & (step - 1) == 0  # unknown total: 1, 2, 4, 8, ...
+
+
+def progress(iterable: Iterable[T], stage: str, total: int | None = None, message: str = "") -> Iterator[T]:
+    """Iterate ``iterable`` with a progress bar labelled ``stage`` and throttled progress events."""
+    from tqdm.auto import tqdm
+
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    emit(ProgressEvent(stage, 0, total, message))
+    step = 0
+    with tqdm(iterable, desc=stage, total=total, disable=bars_disabled(), file=sys.stderr,
+              leave=False, dynamic_ncols=True) as bar:
+        for item in bar:
+            yield item
+            step += 1
+            if _should_fire(step, total):
+                emit(ProgressEvent(stage, step, total, message))
+    if not (total and step == total):
+        emit(ProgressEvent(stage, step, step, message))  # the end, when the last event was not it
+
+
+def report(stage: str, step: int, total: int | None = None, message: str = "") -> None:
+    """Fire one event from code that is not a loop over an iterable (throttled like :func:`progress`)."""
+    if step == 0 or _should_fire(step, total):
+        emit(ProgressEvent(stage, step, total, message))
+
+
+@contextmanager
+def status(message: str, *, stream=None, enabled: bool = True):
+    """A one-line status for a step without a natural loop: ``message ...`` then ``done (1.2s)``."""
+    stream = stream or sys.stderr
+    start = time.perf_counter()
+    if enabled:
+        stream.write(f"{message} ...")
+        stream.flush()
+    emit(ProgressEvent(message, 0, 1))
+    try:
+        yield
+    except BaseException:
+        if enabled:
+            stream.write(" failed\n")
+            stream.flush()
+        raise
+    if enabled:
+        stream.write(f" done ({time.perf_counter() - start:.1f}s)\n")
+        stream.flush()
+    emit(ProgressEvent(message, 1, 1))
