@@ -171,36 +171,13 @@ def get_calibration_dataset(tokenizer, source: str = "sotu:train", num_samples: 
     return calibration_windows(tokenizer, source, num_samples, seq_len, seed)
 
 
-def check_output_directory(destination: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Raise if ``destination`` cannot receive an export; never creates anything."""
-    dest = Path(destination).expanduser().resolve()
-    if dest.exists() and not dest.is_dir():
-        raise AmoebaError(f"{dest} exists and is a file", "choose a directory path for the output")
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise AmoebaError(f"output directory {dest} already exists and is not empty",
-                          "choose a new directory or pass --overwrite")
-    return dest
-
-
 def export_with_config(exporter_name: str, request, destination, overwrite: bool = False,
                        config: PruningConfig | None = None) -> Path:
     """:func:`amoeba_plugin.export.export`, also writing ``pruning_config.json`` before the atomic rename."""
-    from .export import atomic_directory
-    from .plugins import get, hook
+    from .export import export
 
-    exporter = get("exporters", exporter_name)
-    request.plan.validate(request.anatomy)
-    reason = exporter.check(request)
-    if reason:
-        raise AmoebaError(f"the '{exporter_name}' exporter cannot write this plan: {reason}",
-                          "pick another exporter (see `amoeba plugins`), e.g. --exporter amoeba")
-    with atomic_directory(destination, overwrite) as tmp:
-        exporter.write(request, tmp)
-        if config is not None:
-            config.save_pretrained(tmp)
-    dest = Path(destination).expanduser().resolve()
-    hook().amoeba_on_export(directory=dest, plan=request.plan, exporter=exporter)
-    return dest
+    return export(exporter_name, request, destination, overwrite,
+                  extra=config.save_pretrained if config is not None else None)
 
 
 def preflight(config: PruningConfig, save_directory=None, overwrite: bool = False, evaluate: bool = False,
@@ -235,8 +212,10 @@ def preflight(config: PruningConfig, save_directory=None, overwrite: bool = Fals
         for spec in sources:
             resolve_source(spec)
     if save_directory is not None:
+        from .export import check_destination
+
         get("exporters", config.exporter)
-        check_output_directory(save_directory, overwrite)
+        check_destination(save_directory, overwrite)
     return method, budget
 
 
@@ -376,4 +355,4 @@ class AmoebaPruner:
 
 
 __all__ = ["AmoebaPruner", "PruningConfig", "PruningOutput", "get_calibration_dataset", "CONFIG_NAME",
-           "check_output_directory", "export_with_config", "preflight"]
+           "export_with_config", "preflight"]

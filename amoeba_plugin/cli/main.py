@@ -370,13 +370,13 @@ def eval_(model, plan_path, source, seq_len, windows):
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 def export(model, plan_path, output, exporter, overwrite):
     """Apply a plan to MODEL and export the result."""
-    from ..api import check_output_directory
+    from ..export import check_destination
     from ..plan import Plan
     from ..plugins import get
 
     plan = Plan.load(plan_path)
     get("exporters", exporter)
-    check_output_directory(output, overwrite)
+    check_destination(output, overwrite)
     loaded, tokenizer = _load(model)
     from ..anatomy import anatomy_of
     from ..export import ExportRequest, export as run_export

@@ -12,7 +12,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import AmoebaError
 
@@ -46,15 +46,21 @@ class Exporter:
         raise NotImplementedError
 
 
-@contextmanager
-def atomic_directory(destination: str | os.PathLike, overwrite: bool = False):
-    """Yield a temporary directory; on success it replaces ``destination``, on error it vanishes."""
+def check_destination(destination: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Raise if ``destination`` cannot receive an export; never creates anything."""
     dest = Path(destination).expanduser().resolve()
     if dest.exists() and not dest.is_dir():
         raise AmoebaError(f"{dest} exists and is a file", "choose a directory path for the output")
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise AmoebaError(f"output directory {dest} already exists and is not empty",
                           "choose a new directory or pass --overwrite")
+    return dest
+
+
+@contextmanager
+def atomic_directory(destination: str | os.PathLike, overwrite: bool = False):
+    """Yield a temporary directory; on success it replaces ``destination``, on error it vanishes."""
+    dest = check_destination(destination, overwrite)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
@@ -72,8 +78,11 @@ def atomic_directory(destination: str | os.PathLike, overwrite: bool = False):
 
 
 def export(exporter_name: str, request: ExportRequest, destination: str | os.PathLike,
-           overwrite: bool = False) -> Path:
-    """Check, then write atomically with the named exporter; fire ``amoeba_on_export``."""
+           overwrite: bool = False, extra: Callable[[Path], None] | None = None) -> Path:
+    """Check, then write atomically with the named exporter; fire ``amoeba_on_export``.
+
+    ``extra(tmp_dir)`` may add files (e.g. the run's config) before the directory is renamed in place.
+    """
     from ..plugins import get, hook
 
     exporter = get("exporters", exporter_name)
@@ -84,6 +93,8 @@ def export(exporter_name: str, request: ExportRequest, destination: str | os.Pat
                           "pick another exporter (see `amoeba plugins`), e.g. --exporter amoeba")
     with atomic_directory(destination, overwrite) as tmp:
         exporter.write(request, tmp)
+        if extra is not None:
+            extra(tmp)
     dest = Path(destination).expanduser().resolve()
     hook().amoeba_on_export(directory=dest, plan=request.plan, exporter=exporter)
     return dest
