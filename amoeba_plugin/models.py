@@ -161,7 +161,7 @@ def load_model(name_or_path, dtype=None, device: str = "cpu"):
     try:
         with _hub_offline(bool(offline)):
             tokenizer = AutoTokenizer.from_pretrained(path, **offline)
-    except Exception as exc:  # a model without a tokenizer is still prunable (no calibration text)
+    except Exception:  # a model without a tokenizer is still prunable (no calibration text)
         corrupt = _damaged_file(path)
         if corrupt is not None:
             raise corrupt from None

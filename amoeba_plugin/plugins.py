@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any

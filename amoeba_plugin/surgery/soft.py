@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..anatomy import Anatomy
 from ..plan import Plan
-from .index import kv_rows, mask, query_rows
+from .index import mask, query_rows
 
 
 class SoftMask:
