@@ -70,7 +70,7 @@ def test_plugins_lists_builtins():
     assert "uniform-magnitude" in result.stdout and "magnitude" in result.stdout
     data = json.loads(run("plugins", "--json").stdout)
     by_name = {r["name"]: r for r in data}
-    assert by_name["amoeba_plugin.builtin.metrics"]["registered"]["metrics"] == ["magnitude"]
+    assert "magnitude" in by_name["amoeba_plugin.builtin.metrics"]["registered"]["metrics"]
     assert by_name["amoeba_plugin.builtin.methods"]["status"] == "loaded"
 
 

@@ -46,6 +46,11 @@ class Metric:
     def score(self, model, anatomy, unit: str, calibration: Any = None, **options):  # pragma: no cover
         raise NotImplementedError
 
+    def score_units(self, model, anatomy, units, calibration: Any = None, **options) -> dict:
+        """Several unit types at once: ``{unit: scores}``. Metrics that gather data (statistics,
+        gradients) override this to gather it once."""
+        return {unit: self.score(model, anatomy, unit, calibration, **options) for unit in units}
+
     def check_unit(self, unit: str) -> None:
         """Raise the standard error for a unit this metric does not score."""
         if unit not in self.units:

@@ -62,4 +62,35 @@ def attention_units(layer: LayerAnatomy, q_rows: torch.Tensor, o_cols: torch.Ten
     return {"query_head": heads, "kv_group": groups + kv, "head_channel": channels}
 
 
-__all__ = ["attention_units", "per_group", "per_head", "per_head_channel"]
+
+
+#: linears whose *rows* (output channels) belong to a unit: heads, groups, MLP channels
+ROW_ROLES = ("q", "k", "v", "gate", "up")
+#: linears whose *columns* (input channels) belong to a unit
+COLUMN_ROLES = ("o", "down")
+
+
+def layer_units(layer: LayerAnatomy, unit: str, roles: dict[str, torch.Tensor], rope: bool = True) -> torch.Tensor:
+    """One layer's scores for a per-layer ``unit`` from its linears' unit-oriented scores.
+
+    ``roles`` maps a role to its row scores (q, k, v, gate, up) or column scores (o, down); a
+    missing role contributes nothing (Wanda-sp and FLAP score only o and down columns).
+    """
+    if unit == "mlp_channel":
+        if not layer.has_mlp:
+            return torch.zeros(0)
+        parts = [roles[r].float() for r in ("gate", "up", "down") if r in roles]
+        return sum(parts) if parts else torch.zeros(layer.intermediate_size)
+    if not layer.has_attention:
+        return torch.zeros(0)
+    width = layer.num_query_heads * layer.head_dim
+    zeros = torch.zeros(width)
+    q = roles["q"].float() if "q" in roles else zeros
+    o = roles["o"].float() if "o" in roles else zeros
+    k = roles["k"].float() if "k" in roles else None
+    v = roles["v"].float() if "v" in roles else None
+    return attention_units(layer, q, o, k, v, rope)[unit]
+
+
+__all__ = ["COLUMN_ROLES", "ROW_ROLES", "attention_units", "layer_units", "per_group", "per_head",
+           "per_head_channel"]

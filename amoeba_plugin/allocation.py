@@ -1,0 +1,188 @@
+"""From scores and a Budget to a Plan: the two allocation rules that baseline and backend methods share.
+
+* :func:`uniform_width` keeps the same number of query heads in every KV group and the same MLP
+  width in every layer (the largest such shape that fits), so the result exports as a stock model;
+* :func:`global_width` removes the lowest-scored KV groups and MLP channels across all layers until
+  the budget fits (FLAP's adaptive allocation across layers and modules, AL-AM), weighting each unit
+  by what it costs in the budget's own unit (parameters or MACs).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .anatomy import Anatomy
+from .budget import Budget
+from .errors import InvalidBudgetError
+from .plan import LayerPlan, Plan, source_info
+
+
+def top_indices(scores, k: int) -> list[int]:
+    """Indices of the ``k`` highest scores, ascending (ties: the lower index wins)."""
+    values = [float(s) for s in scores]
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+    return sorted(order[:k])
+
+
+def suggest_budget(kind: str, reached: float, full: float) -> str:
+    """The smallest budget a method reached, written as a ``--budget`` value."""
+    if kind == "count":
+        return f"--budget count={int(reached)}"
+    ratio = f"{min(1.0, math.ceil(reached / full * 1000) / 1000):g}"
+    return f"--budget {ratio}" if kind == "params" else f"--budget {kind}={ratio}"
+
+
+def _unit_name(kind: str) -> str:
+    return {"macs": "MACs per token", "nonembed": "non-embedding parameters"}.get(kind, "parameters")
+
+
+def unreachable(budget: Budget, anatomy: Anatomy, smallest: Plan, method: str, kept: str) -> InvalidBudgetError:
+    """The error for a budget below the smallest plan a method can make (``kept`` says what it keeps)."""
+    reached, full = budget.measure(smallest, anatomy), budget.measure(Plan.full(anatomy), anatomy)
+    return InvalidBudgetError(
+        f"budget {budget} is below what '{method}' can reach: {kept} still leaves {int(reached)} "
+        f"{_unit_name(budget.kind)} (ratio {reached / full:.4f} of the original)",
+        f"pass {suggest_budget(budget.kind, reached, full)} or more, or use a method that drops whole "
+        "layers or hidden channels (depth pruning; see `amoeba methods`)")
+
+
+# ---------------------------------------------------------------------- uniform shapes
+def uniform_plan(anatomy: Anatomy, heads_per_group: int, width: int,
+                 head_scores: Sequence[torch.Tensor] | None = None,
+                 channel_scores: Sequence[torch.Tensor] | None = None) -> Plan:
+    """Every layer keeps ``heads_per_group`` query heads per KV group and ``width`` MLP channels,
+    the best-scored ones (per group, per layer); without scores, the first ones (for counting)."""
+    layers = []
+    for l in anatomy.layers:
+        lp = LayerPlan(l.index)
+        if l.has_attention and heads_per_group < l.queries_per_group:
+            qpg = l.queries_per_group
+            lp.kv_groups = list(range(l.num_kv_groups))
+            lp.query_heads = [top_indices(head_scores[l.index][g * qpg:(g + 1) * qpg], heads_per_group)
+                              if head_scores is not None else list(range(heads_per_group))
+                              for g in range(l.num_kv_groups)]
+        if l.has_mlp and width < l.intermediate_size:
+            lp.mlp_channels = (top_indices(channel_scores[l.index], width) if channel_scores is not None
+                               else list(range(width)))
+        layers.append(lp)
+    return Plan(layers=layers, source=source_info(anatomy))
+
+
+def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width") -> tuple[int, int]:
+    """The largest ``(heads_per_group, mlp_width)`` whose uniform plan fits ``budget``.
+
+    For every heads-per-group count from the source's down to 1 it binary-searches the MLP width,
+    then keeps the candidate with the most parameters (ties: more heads).
+    """
+    attn = [l for l in anatomy.layers if l.has_attention]
+    mlps = [l for l in anatomy.layers if l.has_mlp]
+    max_heads = min((l.queries_per_group for l in attn), default=0)
+    max_width = min((l.intermediate_size for l in mlps), default=0)
+
+    def fits(h: int, m: int) -> bool:
+        return budget.fits(uniform_plan(anatomy, h, m), anatomy)
+
+    best = None  # (parameters, heads, width)
+    for h in (range(max_heads, 0, -1) if max_heads else [0]):
+        if max_width == 0:
+            m = 0 if fits(h, 0) else None
+        elif not fits(h, 1):
+            m = None
+        else:
+            lo, hi = 1, max_width  # the largest m in [lo, hi] that fits; lo always fits
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if fits(h, mid):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            m = lo
+        if m is None:
+            continue
+        params = uniform_plan(anatomy, h, m).num_parameters(anatomy)
+        if best is None or params > best[0]:
+            best = (params, h, m)
+    if best is None:
+        raise unreachable(budget, anatomy, uniform_plan(anatomy, min(max_heads, 1), min(max_width, 1)), method,
+                          "keeping 1 query head per KV group and 1 MLP channel per layer")
+    return best[1], best[2]
+
+
+# ---------------------------------------------------------------------- global allocation
+def standardize(scores: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` (FLAP standardises each layer's scores of one module type)."""
+    x = scores.double()
+    if x.numel() < 2:
+        return torch.zeros_like(x)
+    std = x.std()
+    return (x - x.mean()) / (std if float(std) > 0 else 1.0)
+
+
+def _without(plan: Plan, layer: int, groups: list[int] | None, channels: list[int] | None, anatomy) -> Plan:
+    out = Plan([LayerPlan(lp.index, lp.kv_groups, lp.query_heads, lp.head_channels, lp.mlp_channels)
+                for lp in plan.layers], dict(plan.source), plan.hidden_channels, plan.output_bias)
+    lp, la = out.layers[layer], anatomy.layer(layer)
+    if groups is not None:
+        lp.kv_groups = groups
+        lp.query_heads = [list(range(la.queries_per_group)) for _ in groups]
+    if channels is not None:
+        lp.mlp_channels = channels
+    return out
+
+
+def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.Tensor],
+                 channel_scores: Sequence[torch.Tensor], method: str = "global width",
+                 output_bias: bool = False) -> Plan:
+    """Remove the lowest-scored KV groups and MLP channels of all layers, in one ranking, until
+    ``budget`` fits. Scores must be comparable across layers and module types (standardise them
+    first, as FLAP does). Each unit is weighted by its cost in the budget's unit, measured once per
+    layer and type; a layer may lose its whole attention or MLP. ``output_bias`` is set on the plan
+    when the method compensates removed channels with an output bias (it changes the count)."""
+    full = Plan.full(anatomy)
+    full.output_bias = output_bias
+    base = budget.measure(full, anatomy)
+    need = base - budget.target(anatomy)
+    if need <= 0:
+        return full
+    units = []  # (score, cost, layer, kind, index)
+    for l in anatomy.layers:
+        if l.has_attention:
+            drop = budget.measure(_without(full, l.index, list(range(1, l.num_kv_groups)), None, anatomy), anatomy)
+            units += [(float(s), base - drop, l.index, "group", g) for g, s in enumerate(group_scores[l.index])]
+        if l.has_mlp:
+            drop = budget.measure(_without(full, l.index, None, list(range(1, l.intermediate_size)), anatomy), anatomy)
+            units += [(float(s), base - drop, l.index, "channel", c) for c, s in enumerate(channel_scores[l.index])]
+    units.sort(key=lambda u: (u[0], u[2], u[3], u[4]))
+    removed, count = 0.0, 0
+    while count < len(units) and removed < need:
+        removed += units[count][1]
+        count += 1
+
+    def build(n: int) -> Plan:
+        gone: dict[tuple[int, str], set[int]] = {}
+        for _, _, layer, kind, index in units[:n]:
+            gone.setdefault((layer, kind), set()).add(index)
+        plan = Plan.full(anatomy)
+        plan.output_bias = output_bias
+        for lp in plan.layers:
+            la = anatomy.layer(lp.index)
+            if (lp.index, "group") in gone:
+                lp.kv_groups = [g for g in range(la.num_kv_groups) if g not in gone[(lp.index, "group")]]
+                lp.query_heads = [list(range(la.queries_per_group)) for _ in lp.kv_groups]
+            if (lp.index, "channel") in gone:
+                lp.mlp_channels = [c for c in range(la.intermediate_size) if c not in gone[(lp.index, "channel")]]
+        return plan
+
+    plan = build(count)
+    while not budget.fits(plan, anatomy) and count < len(units):  # rounding at emptied layers
+        count += 1
+        plan = build(count)
+    if not budget.fits(plan, anatomy):
+        raise unreachable(budget, anatomy, plan, method, "removing every attention head and MLP channel")
+    return plan
+
+
+__all__ = ["global_width", "standardize", "suggest_budget", "top_indices", "uniform_plan", "uniform_width",
+           "unreachable"]
