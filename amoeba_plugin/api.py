@@ -104,7 +104,7 @@ class PruningConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PruningConfig":
+    def from_dict(cls, data: dict) -> PruningConfig:
         if not isinstance(data, dict):
             raise AmoebaError("a pruning config must be a JSON object", f"write {CONFIG_NAME} as an object")
         known = {f.name for f in fields(cls)}
@@ -130,7 +130,7 @@ class PruningConfig:
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "PruningConfig":
+    def from_pretrained(cls, path: str | os.PathLike) -> PruningConfig:
         """Read a config from a directory holding ``pruning_config.json``, or from a JSON file."""
         path = Path(path)
         if path.is_dir():
@@ -231,7 +231,7 @@ class AmoebaPruner:
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
     @classmethod
-    def from_pretrained(cls, model_or_path, tokenizer=None, **load_kwargs) -> "AmoebaPruner":
+    def from_pretrained(cls, model_or_path, tokenizer=None, **load_kwargs) -> AmoebaPruner:
         """From a loaded model (pass ``tokenizer=`` too for calibration and evaluation), or from a
         name or path, loaded with :func:`amoeba_plugin.models.load_model`."""
         name = None
@@ -354,5 +354,12 @@ class AmoebaPruner:
                              patch=result.patch, info=dict(result.info or {}))
 
 
-__all__ = ["AmoebaPruner", "PruningConfig", "PruningOutput", "get_calibration_dataset", "CONFIG_NAME",
-           "export_with_config", "preflight"]
+__all__ = [
+    "CONFIG_NAME",
+    "AmoebaPruner",
+    "PruningConfig",
+    "PruningOutput",
+    "export_with_config",
+    "get_calibration_dataset",
+    "preflight",
+]

@@ -49,7 +49,7 @@ class Budget:
             self.value = value
 
     @classmethod
-    def parse(cls, text: "str | float | Budget") -> "Budget":
+    def parse(cls, text: str | float | Budget) -> Budget:
         """``0.5``, ``50%``, ``params=0.5``, ``nonembed=0.6``, ``macs=0.5``, ``count=3e6``,
         ``shape=layers:6,heads:4``."""
         if isinstance(text, Budget):
@@ -79,7 +79,7 @@ class Budget:
         return {k: v for k, v in asdict(self).items() if k != "shape"}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Budget":
+    def from_dict(cls, data: dict) -> Budget:
         return cls(data.get("kind", "params"), data.get("value"), data.get("tolerance", 0.0))
 
     def __str__(self) -> str:

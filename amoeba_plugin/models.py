@@ -168,4 +168,4 @@ def load_model(name_or_path, dtype=None, device: str = "cpu"):
     return model.to(device).eval(), tokenizer
 
 
-__all__ = ["EMBEDDED", "EMBEDDED_DIR", "FETCHABLE", "cache_dir", "resolve_model_path", "load_model"]
+__all__ = ["EMBEDDED", "EMBEDDED_DIR", "FETCHABLE", "cache_dir", "load_model", "resolve_model_path"]

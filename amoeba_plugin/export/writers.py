@@ -21,8 +21,15 @@ import torch
 
 from ..errors import PlanError
 from ..plan import Plan
-from ..surgery.physical import _ATTN, _MLP, _layer_specs, build_config, slice_model, slice_state_dict
-from . import ExportRequest, Exporter
+from ..surgery.physical import (
+    _ATTN,
+    _MLP,
+    _layer_specs,
+    build_config,
+    slice_model,
+    slice_state_dict,
+)
+from . import Exporter, ExportRequest
 from .card import model_card
 
 EXPORT_INFO = "amoeba_export.json"
@@ -223,5 +230,16 @@ class PlanExporter(Exporter):
 
 EXPORTERS = (HuggingFaceExporter, AmoebaExporter, AutoExporter, PlanExporter)
 
-__all__ = ["HuggingFaceExporter", "AmoebaExporter", "AutoExporter", "PlanExporter", "EXPORTERS",
-           "EXPORT_INFO", "export_info", "sliced_for", "sliced_shapes", "stock_obstacle", "write_model"]
+__all__ = [
+    "EXPORTERS",
+    "EXPORT_INFO",
+    "AmoebaExporter",
+    "AutoExporter",
+    "HuggingFaceExporter",
+    "PlanExporter",
+    "export_info",
+    "sliced_for",
+    "sliced_shapes",
+    "stock_obstacle",
+    "write_model",
+]
