@@ -3,12 +3,13 @@ Plan (and, if it changes weights, a patch or a new model). Register instances th
 ``amoeba_register_methods``."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .anatomy import Anatomy
 from .budget import Budget
-from .errors import InvalidBudgetError
+from .errors import AmoebaError, DataError, InvalidBudgetError
 from .plan import Plan
 
 #: what a method may declare in ``capabilities``
@@ -54,6 +55,23 @@ class Method:
         if budget.kind not in self.budget_kinds:
             raise InvalidBudgetError(f"method '{self.name}' cannot meet a '{budget.kind}' budget",
                                      f"use one of: {', '.join(self.budget_kinds)}")
+
+    def resolve_options(self, context: PruningContext) -> dict:
+        """``default_options`` updated with the run's options; an unknown option is an error, so a
+        typo never passes silently."""
+        options = {**self.default_options, **(context.options or {})}
+        unknown = set(options) - set(self.default_options)
+        if unknown:
+            raise AmoebaError(f"unknown option(s) for '{self.name}': {', '.join(sorted(unknown))}",
+                              f"use only: {', '.join(self.default_options) or '(no options)'}")
+        return options
+
+    def calibration_windows(self, context: PruningContext):
+        """The run's calibration windows, or the standard error when calibration is off."""
+        if context.calibration is None:
+            raise DataError(f"method '{self.name}' needs calibration data and none was given",
+                            "pass a calibration source (e.g. --calibration sotu:train)")
+        return context.calibration()
 
     def prune(self, context: PruningContext) -> PruneResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""Built-in methods: a uniform width-pruning baseline driven by an importance metric."""
+"""Built-in methods: uniform width pruning driven by an importance metric."""
 from __future__ import annotations
 
 from ..allocation import uniform_plan, uniform_width
@@ -7,14 +7,15 @@ from ..hookspecs import hookimpl
 from ..methods import Method, PruneResult, PruningContext
 
 
-class UniformMagnitudeMethod(Method):
+class UniformWidthMethod(Method):
     """Keep the same number of query heads in every KV group and the same number of MLP channels in
-    every layer, chosen per layer by an importance metric (weight magnitude by default).
+    every layer, chosen per layer by an importance metric (option ``metric``).
 
     The result has the source family's own shape, so it exports as a stock Hugging Face model
-    (:func:`amoeba_plugin.allocation.uniform_width` finds the largest such shape that fits). It is
-    the host's built-in method because it needs no data and no plugin: the one method that always
-    works, and the baseline every other method must beat.
+    (:func:`amoeba_plugin.allocation.uniform_width` finds the largest such shape that fits).
+    Registered as ``uniform-magnitude``: the host's one method that needs no data and no plugin,
+    and the baseline every other method must beat. Plugins subclass it for other metrics (the
+    baselines' ``wanda-sp`` and ``random``) by setting ``name`` and ``default_options``.
     """
 
     name = "uniform-magnitude"
@@ -29,23 +30,14 @@ class UniformMagnitudeMethod(Method):
 
         anatomy, budget = context.anatomy, context.budget
         self.check_budget(budget)
-        options = {**self.default_options, **(context.options or {})}
-        unknown = set(options) - set(self.default_options)
-        if unknown:
-            raise AmoebaError(f"unknown option(s) for '{self.name}': {', '.join(sorted(unknown))}",
-                              f"use only: {', '.join(self.default_options)}")
+        options = self.resolve_options(context)
         metric = get("metrics", options["metric"])
         missing = {"query_head", "mlp_channel"} - set(metric.units)
         if missing:
             raise AmoebaError(f"metric '{metric.name}' cannot score {', '.join(sorted(missing))} units",
                               "pick a metric that scores query heads and MLP channels, e.g. magnitude")
-        calibration = None
-        if metric.needs_calibration:
-            if context.calibration is None:
-                raise AmoebaError(f"metric '{metric.name}' needs calibration data and none was given",
-                                  "pass a calibration source (e.g. --calibration sotu:train)")
-            calibration = context.calibration()
         heads, width = uniform_width(anatomy, budget, self.name)
+        calibration = self.calibration_windows(context) if metric.needs_calibration else None
         scores = metric.score_units(context.model, anatomy, ("query_head", "mlp_channel"), calibration,
                                     seed=context.seed)
         plan = uniform_plan(anatomy, heads, width, scores["query_head"], scores["mlp_channel"])
@@ -57,4 +49,4 @@ class UniformMagnitudeMethod(Method):
 
 @hookimpl
 def amoeba_register_methods(register):
-    register(UniformMagnitudeMethod())
+    register(UniformWidthMethod())

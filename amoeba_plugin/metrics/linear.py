@@ -78,6 +78,14 @@ class LinearMetric(Metric):
                                  for layer, roles in zip(anatomy.layers, per_layer)]
         return out
 
+    def role_scores(self, model, anatomy, calibration=None, **options) -> list[dict[str, torch.Tensor]]:
+        """Per layer, each scored linear's unit-oriented scores (rows of q, k, v, gate, up; columns of
+        o, down) before they are folded into units: what FLAP standardises per layer."""
+        self.check_calibration(calibration)
+        prepared = self.prepare(model, anatomy, calibration, **options)
+        with torch.no_grad():
+            return [self._unit_roles(model, layer, prepared, **options) for layer in anatomy.layers]
+
     def _unit_roles(self, model, layer, prepared, **options) -> dict[str, torch.Tensor]:
         roles = {}
         for role in self.unit_roles:

@@ -1,0 +1,90 @@
+"""FLAP: fluctuation-scored heads and channels, one global ranking across layers, bias compensation."""
+import torch
+
+from amoeba_plugin.allocation import global_width, standardize
+from amoeba_plugin.methods import Method, PruneResult
+from amoeba_plugin.metrics.collect import SITES, collect_statistics
+from amoeba_plugin.plugins import get
+
+
+class FLAPMethod(Method):
+    """An et al., 'Fluctuation-based Adaptive Structured Pruning for LLMs' (AAAI 2024).
+
+    1. Calibration statistics in one layer-by-layer pass on the dense model: the mean and the
+       fluctuation (variance) of every input channel of o_proj and down_proj.
+    2. WIFV scores (the ``fluctuation`` metric, or ``metric=`` any linear metric) per o_proj /
+       down_proj column, standardised within each layer and module type; a KV group's score is the
+       mean over its columns (FLAP averages over a head's channels; GQA models are ranked by whole
+       KV groups, so the result keeps equal query heads per group).
+    3. FLAP's AL-AM allocation: one ranking of all KV groups and MLP channels across layers, each
+       weighted by its parameter (or MACs) cost, the lowest removed until the budget fits
+       (:func:`amoeba_plugin.allocation.global_width`).
+    4. Bias compensation: the mean contribution of every removed channel,
+       ``b = W_out[:, removed] @ mean(X[removed])``, becomes an output bias of o_proj / down_proj
+       (``bias_compensation=False`` turns it off). A layer that loses all of its attention or MLP
+       loses that compensation with it.
+    """
+
+    name = "flap"
+    description = "FLAP: fluctuation scores, global adaptive allocation, bias compensation; needs calibration"
+    capabilities = frozenset({"width", "calibration", "changes_weights"})
+    budget_kinds = ("params", "nonembed", "count", "macs")
+    default_options = {"metric": "fluctuation", "bias_compensation": True, "batch_size": 8}
+
+    def prune(self, context):
+        from amoeba_plugin.errors import AmoebaError
+
+        anatomy, budget, model = context.anatomy, context.budget, context.model
+        self.check_budget(budget)
+        options = self.resolve_options(context)
+        metric = get("metrics", options["metric"])
+        if not hasattr(metric, "role_scores"):
+            raise AmoebaError(f"metric '{metric.name}' does not score single linears",
+                              "use a linear metric: fluctuation, wanda-sp, magnitude, obs or taylor")
+        stats = collect_statistics(model, anatomy, self.calibration_windows(context), sites=SITES,
+                                   batch_size=options["batch_size"])
+        calibration = stats if metric.needs_calibration and not metric.needs_gradients else \
+            self.calibration_windows(context)
+        roles = metric.role_scores(model, anatomy, calibration if metric.needs_calibration else None,
+                                   seed=context.seed)
+        groups, channels = [], []
+        for layer, scores in zip(anatomy.layers, roles):
+            if layer.has_attention:
+                groups.append(standardize(scores["o"]).reshape(layer.num_kv_groups, -1).mean(1))
+            else:
+                groups.append(torch.zeros(0))
+            channels.append(standardize(scores["down"]) if layer.has_mlp else torch.zeros(0))
+        bias = bool(options["bias_compensation"])
+        plan = global_width(anatomy, budget, groups, channels, self.name, output_bias=bias)
+        patch = self._compensation(model, anatomy, plan, stats) if bias else None
+        plan.provenance = {"method": self.name, "budget": str(budget), "metric": metric.name, "seed": context.seed,
+                           "bias_compensation": bias}
+        shape = plan.shape(anatomy)
+        return PruneResult(plan, patch=patch, info={
+            "metric": metric.name, "bias_compensation": bias,
+            "kv_groups": [s["kv_groups"] for s in shape], "intermediate_size": [s["intermediate_size"] for s in shape]})
+
+    @staticmethod
+    def _compensation(model, anatomy, plan, stats) -> dict:
+        """FLAP's output biases: ``W_out[:, removed] @ mean_input[removed]`` plus any existing bias."""
+        patch = {}
+        with torch.no_grad():
+            for lp in plan.resolved(anatomy).layers:
+                layer = anatomy.layer(lp.index)
+                pieces = []
+                if layer.has_attention and lp.kv_groups:
+                    kept = [(g * layer.queries_per_group + q) * layer.head_dim + c
+                            for g, qs in zip(lp.kv_groups, lp.query_heads) for q in qs for c in lp.head_channels]
+                    pieces.append(("o", layer.num_query_heads * layer.head_dim, kept))
+                if layer.has_mlp and lp.mlp_channels:
+                    pieces.append(("down", layer.intermediate_size, lp.mlp_channels))
+                for role, size, kept in pieces:
+                    module = model.get_submodule(layer.modules[role])
+                    removed = torch.ones(size, dtype=torch.bool)
+                    removed[kept] = False
+                    mean = stats.layer(layer.index).input(role).mean.to(module.weight.device, torch.float64)
+                    b = module.weight.detach().double()[:, removed] @ mean[removed]
+                    if module.bias is not None:
+                        b = b + module.bias.detach().double()
+                    patch[f"{layer.modules[role]}.bias"] = b.to(module.weight.dtype)
+        return patch
