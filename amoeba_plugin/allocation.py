@@ -49,14 +49,29 @@ def unreachable(budget: Budget, anatomy: Anatomy, smallest: Plan, method: str, k
 
 
 # ---------------------------------------------------------------------- uniform shapes
+def protected_layers(anatomy: Anatomy, keep_layers: Sequence[int]) -> frozenset[int]:
+    """``keep_layers`` (negative indices count from the end) as a set of layer indices."""
+    n = anatomy.num_layers
+    bad = [i for i in keep_layers if not isinstance(i, int) or not -n <= i < n]
+    if bad:
+        raise InvalidBudgetError(f"keep_layers {bad} are not layer indices of this {n}-layer model",
+                                 f"use integers from {-n} to {n - 1} (negative counts from the end)")
+    return frozenset(i % n for i in keep_layers)
+
+
 def uniform_plan(anatomy: Anatomy, heads_per_group: int, width: int,
                  head_scores: Sequence[torch.Tensor] | None = None,
-                 channel_scores: Sequence[torch.Tensor] | None = None) -> Plan:
+                 channel_scores: Sequence[torch.Tensor] | None = None, keep_layers: Sequence[int] = ()) -> Plan:
     """Every layer keeps ``heads_per_group`` query heads per KV group and ``width`` MLP channels,
-    the best-scored ones (per group, per layer); without scores, the first ones (for counting)."""
+    the best-scored ones (per group, per layer); without scores, the first ones (for counting).
+    Layers in ``keep_layers`` stay whole (LLM-Pruner leaves the first and last layers alone)."""
+    protected = protected_layers(anatomy, keep_layers)
     layers = []
     for l in anatomy.layers:
         lp = LayerPlan(l.index)
+        if l.index in protected:
+            layers.append(lp)
+            continue
         if l.has_attention and heads_per_group < l.queries_per_group:
             qpg = l.queries_per_group
             lp.kv_groups = list(range(l.num_kv_groups))
@@ -70,11 +85,16 @@ def uniform_plan(anatomy: Anatomy, heads_per_group: int, width: int,
     return Plan(layers=layers, source=source_info(anatomy))
 
 
-def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width") -> tuple[int, int]:
-    """The largest ``(heads_per_group, mlp_width)`` whose uniform plan fits ``budget``.
+def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width",
+                  keep_layers: Sequence[int] = ()) -> tuple[int, int]:
+    """``(heads_per_group, mlp_width)`` of the uniform plan that fits ``budget`` and prunes
+    attention and MLP at the most similar ratio (as LLM-Pruner and Wanda-sp prune both at one ratio).
 
-    For every heads-per-group count from the source's down to 1 it binary-searches the MLP width,
-    then keeps the candidate with the most parameters (ties: more heads).
+    For every heads-per-group count from the source's down to 1 it binary-searches the largest MLP
+    width that fits; among those candidates it keeps the one whose kept fraction of heads is closest
+    to its kept fraction of MLP channels (ties: more parameters, then more heads). Keeping the most
+    parameters instead would halve the heads to keep a wide MLP, and heads are where a small model
+    is most sensitive (see docs/baselines.md).
     """
     attn = [l for l in anatomy.layers if l.has_attention]
     mlps = [l for l in anatomy.layers if l.has_mlp]
@@ -82,9 +102,9 @@ def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width
     max_width = min((l.intermediate_size for l in mlps), default=0)
 
     def fits(h: int, m: int) -> bool:
-        return budget.fits(uniform_plan(anatomy, h, m), anatomy)
+        return budget.fits(uniform_plan(anatomy, h, m, keep_layers=keep_layers), anatomy)
 
-    best = None  # (parameters, heads, width)
+    best = None  # (ranking key, heads, width)
     for h in (range(max_heads, 0, -1) if max_heads else [0]):
         if max_width == 0:
             m = 0 if fits(h, 0) else None
@@ -101,11 +121,14 @@ def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width
             m = lo
         if m is None:
             continue
-        params = uniform_plan(anatomy, h, m).num_parameters(anatomy)
-        if best is None or params > best[0]:
-            best = (params, h, m)
+        params = uniform_plan(anatomy, h, m, keep_layers=keep_layers).num_parameters(anatomy)
+        gap = abs(h / max_heads - m / max_width) if max_heads and max_width else 0.0
+        key = (-round(gap, 9), params, h)
+        if best is None or key > best[0]:
+            best = (key, h, m)
     if best is None:
-        raise unreachable(budget, anatomy, uniform_plan(anatomy, min(max_heads, 1), min(max_width, 1)), method,
+        smallest = uniform_plan(anatomy, min(max_heads, 1), min(max_width, 1), keep_layers=keep_layers)
+        raise unreachable(budget, anatomy, smallest, method,
                           "keeping 1 query head per KV group and 1 MLP channel per layer")
     return best[1], best[2]
 
@@ -184,5 +207,5 @@ def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.
     return plan
 
 
-__all__ = ["global_width", "standardize", "suggest_budget", "top_indices", "uniform_plan", "uniform_width",
+__all__ = ["global_width", "protected_layers", "standardize", "suggest_budget", "top_indices", "uniform_plan", "uniform_width",
            "unreachable"]

@@ -9,7 +9,7 @@ class WandaSPMethod(UniformWidthMethod):
     name = "wanda-sp"
     description = "uniform width, heads/channels ranked by Wanda-sp |W|·||X|| (An et al. 2024); needs calibration"
     capabilities = frozenset({"width", "calibration"})
-    default_options = {"metric": "wanda-sp"}
+    default_options = {"metric": "wanda-sp", "keep_layers": []}
 
 
 class RandomMethod(UniformWidthMethod):
@@ -18,4 +18,4 @@ class RandomMethod(UniformWidthMethod):
     name = "random"
     description = "uniform width, heads/channels picked at random (seeded by --seed); the control"
     capabilities = frozenset({"width"})
-    default_options = {"metric": "random"}
+    default_options = {"metric": "random", "keep_layers": []}
