@@ -1,0 +1,909 @@
+"""Compare pruning methods side by side: held-out perplexity against parameters, on the same tokens.
+
+The model is loaded once; the calibration windows (seeded) and the evaluation windows of every
+held-out source are cut once, so every method sees exactly the same tokens. The dense model is
+evaluated once (method ``dense``, budget 1.0). Then every method runs at every budget through the
+public method contract (a :class:`~amoeba_plugin.methods.PruningContext` whose ``calibration``
+returns the preloaded windows), the plan is sliced with ``slice_model`` and the sliced model is
+evaluated on every held-out source (and, optionally, lm-eval tasks through the evaluator registered
+as ``lm-eval``). Per run it records parameters, MACs, prune wall time, peak RSS during the prune,
+whether the plan fits the budget, and whether the method left the shared model untouched.
+
+A failing run is recorded (exception type and message) and the others go on. ``results.json`` is
+rewritten after every run; started again with the same settings, runs already recorded without
+error are skipped (``--force`` redoes them). Writes ``results.json``, ``results.md`` and
+``quality_vs_params.png`` under ``--out``.
+
+Usage: ``python benchmarks/compare_methods.py [--model amoeba-tiny-sotu] [--methods uniform-magnitude]
+[--budgets 0.8,0.65,0.5] [--out benchmarks/results/compare]``
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import importlib.metadata as md
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import sys
+import threading
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Self
+
+import torch
+
+import amoeba_plugin  # noqa: F401  (registers the amoeba architecture for heterogeneous slices)
+from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.api import PruningConfig, preflight
+from amoeba_plugin.budget import Budget
+from amoeba_plugin.data import calibration_windows, eval_windows, resolve_source
+from amoeba_plugin.errors import AmoebaError, UnknownNameError
+from amoeba_plugin.eval import PerplexityEvaluator
+from amoeba_plugin.methods import PruneResult, PruningContext
+from amoeba_plugin.models import load_model
+from amoeba_plugin.plan import Plan
+from amoeba_plugin.plugins import get, hook, owner, plugin_records, registry
+from amoeba_plugin.progress import report
+from amoeba_plugin.surgery import slice_model
+
+RESULTS_FORMAT = "amoeba-compare-methods"
+RESULTS_VERSION = 1
+DEFAULT_EVAL = "sotu:validation,brown:test,moby-dick:test"
+#: settings that change the numbers: a results.json made with other values cannot be resumed
+COMPAT_KEYS = ("model", "calibration", "calibration_samples", "calibration_seq_len", "seed", "eval_sources",
+               "eval_seq_len", "eval_windows", "lm_eval_tasks", "lm_eval_limit", "dense_checksum",
+               "calibration_sha", "eval_sha")
+
+
+class ModelMutatedError(RuntimeError):
+    """A method changed the shared model (weights or hooks) instead of returning a patch or a model."""
+
+
+# ---------------------------------------------------------------------- measuring
+def _proc_status() -> dict[str, int]:
+    """VmRSS / VmHWM of this process in bytes (empty where /proc is missing)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value = line.split(":", 1)
+                    out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc), so memory a run allocates shows up in RSS
+    instead of reusing pages that an earlier run freed but the allocator kept."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's RSS high-water mark (VmHWM) to the current RSS; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakRSS:
+    """Peak resident memory while the ``with`` block runs: a background thread samples VmRSS every
+    ``interval`` seconds; where the kernel allows it the high-water mark is also reset at the start and
+    read at the end, which catches spikes shorter than the interval."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.start = self.peak = 0
+        self.how = "proc"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _proc_status().get("VmRSS", 0))
+
+    def __enter__(self) -> Self:
+        self._hwm = False
+        gc.collect()
+        _trim_heap()
+        status = _proc_status()
+        if "VmRSS" not in status:  # not Linux: only the process-lifetime peak is known (see __exit__)
+            self.how = "ru_maxrss (process lifetime)"
+            return self
+        self.start = self.peak = status["VmRSS"]
+        self._hwm = _reset_peak()
+        self.how = f"VmRSS sampled every {self.interval * 1000:g} ms" + (" + VmHWM" if self._hwm else "")
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is None:
+            import resource
+
+            scale = 1 if sys.platform == "darwin" else 1024
+            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+            return
+        self._stop.set()
+        self._thread.join()
+        status = _proc_status()
+        self.peak = max(self.peak, status.get("VmRSS", 0), status.get("VmHWM", 0) if self._hwm else 0)
+
+    def as_dict(self) -> dict:
+        mib = 1024 * 1024
+        return {"peak_rss_mib": round(self.peak / mib, 1), "rss_start_mib": round(self.start / mib, 1),
+                "peak_rss_delta_mib": round((self.peak - self.start) / mib, 1) if self.start else None,
+                "rss_measure": self.how}
+
+
+def state_checksum(model) -> str:
+    """A hash of every tensor of ``model.state_dict()`` (names, shapes, dtypes and bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            t = tensor.detach().to("cpu").contiguous()
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+            if t.numel():
+                h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def hook_count(model) -> int:
+    """Forward (pre-)hooks registered on the model's modules: a method must remove the ones it adds."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(all parameters, non-embedding parameters) of a model; tied weights count once."""
+    params = {id(p): p.numel() for p in model.parameters()}
+    embedding = {}
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None and getattr(module, "weight", None) is not None:
+            embedding[id(module.weight)] = module.weight.numel()
+    total = sum(params.values())
+    return total, total - sum(v for k, v in embedding.items() if k in params)
+
+
+# ---------------------------------------------------------------------- arguments
+def split_list(text: str) -> list[str]:
+    """Comma-separated items; ``;`` separates instead when present (shape budgets contain commas)."""
+    sep = ";" if ";" in text else ","
+    return [item.strip() for item in text.split(sep) if item.strip()]
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_method_options(items: list[str]) -> dict[str, dict]:
+    """``NAME:key=value[,key=value]``, ``NAME:{json}``, or a JSON object ``{"NAME": {...}}``; repeatable."""
+    out: dict[str, dict] = {}
+    for item in items or []:
+        item = item.strip()
+        if item.startswith("{"):
+            try:
+                data = json.loads(item)
+            except ValueError as exc:
+                raise AmoebaError(f"--method-options {item!r} is not valid JSON ({exc})",
+                                  'write {"method": {"option": value}} or method:option=value') from None
+            if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+                raise AmoebaError(f"--method-options {item!r} must map method names to option objects",
+                                  'write {"flap": {"metric": "fluctuation"}}')
+            for name, options in data.items():
+                out.setdefault(name, {}).update(options)
+            continue
+        name, sep, rest = item.partition(":")
+        name, rest = name.strip(), rest.strip()
+        if not sep or not name or not rest:
+            raise AmoebaError(f"cannot read --method-options {item!r}",
+                              "write METHOD:key=value[,key=value], METHOD:{json} or a JSON object")
+        if rest.startswith("{"):
+            try:
+                options = json.loads(rest)
+            except ValueError as exc:
+                raise AmoebaError(f"--method-options for '{name}' is not valid JSON ({exc})",
+                                  "write METHOD:{\"key\": value}") from None
+            if not isinstance(options, dict):
+                raise AmoebaError(f"--method-options for '{name}' must be a JSON object", "write METHOD:{...}")
+        else:
+            options = {}
+            for pair in rest.split(","):
+                key, eq, value = pair.partition("=")
+                if not eq or not key.strip():
+                    raise AmoebaError(f"cannot read option {pair!r} of '{name}' in --method-options",
+                                      "write METHOD:key=value[,key=value]")
+                options[key.strip()] = _value(value.strip())
+        out.setdefault(name, {}).update(options)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="amoeba-tiny-sotu", help="a name or path for amoeba_plugin.models.load_model")
+    ap.add_argument("--methods", default="uniform-magnitude", help="comma-separated registered method names")
+    ap.add_argument("--budgets", default="0.8,0.65,0.5",
+                    help="comma-separated budgets (0.5, nonembed=0.6, macs=0.5, ...); use ';' for shape budgets")
+    ap.add_argument("--eval-sources", default=DEFAULT_EVAL, help="comma-separated held-out text sources")
+    ap.add_argument("--eval-seq-len", type=int, default=256)
+    ap.add_argument("--eval-windows", type=int, default=32, help="windows per held-out source (0: all)")
+    ap.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
+    ap.add_argument("--calibration", default="sotu:train", help="calibration source ('none': no calibration)")
+    ap.add_argument("--calibration-samples", type=int, default=32)
+    ap.add_argument("--calibration-seq-len", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--allow-eval-on-calibration", action="store_true",
+                    help="allow an evaluation source equal to the calibration source and split")
+    ap.add_argument("--method-options", action="append", default=[], metavar="SPEC",
+                    help="METHOD:key=value[,key=value], METHOD:{json} or {\"METHOD\": {...}}; repeatable")
+    ap.add_argument("--lm-eval-tasks", default="", help="comma-separated lm-eval tasks (needs the lm-eval evaluator)")
+    ap.add_argument("--lm-eval-limit", type=int, default=None, help="examples per lm-eval task")
+    ap.add_argument("--lm-eval-evaluator", default="lm-eval", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compare")
+    ap.add_argument("--force", action="store_true", help="redo runs already recorded in --out")
+    ap.add_argument("--no-plot", action="store_true", help="skip quality_vs_params.png")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return ap
+
+
+# ---------------------------------------------------------------------- bookkeeping
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _jsonable(obj):
+    """``obj`` with tensors, paths, sets and non-finite floats turned into plain JSON values."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist()) if obj.numel() <= 64 else f"<tensor {tuple(obj.shape)}>"
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item") and callable(obj.item):
+        try:
+            return _jsonable(obj.item())
+        except (TypeError, ValueError):
+            pass
+    return str(obj)
+
+
+def _sha(t: torch.Tensor) -> str:
+    return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def run_key(method: str, budget: str, options: dict) -> str:
+    return f"{method}|{budget}|{json.dumps(options, sort_keys=True)}"
+
+
+def run_label(method: str, options: dict) -> str:
+    if not options:
+        return method
+    return f"{method}[{','.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if hasattr(os, "sched_getaffinity"):
+        info["cpus_available"] = len(os.sched_getaffinity(0))
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+        if match:
+            info["cpu"] = match.group(1).strip()
+        match = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.MULTILINE)
+        if match:
+            info["memory_gib"] = round(int(match.group(1)) / 1024 ** 2, 1)
+    except OSError:
+        pass
+    return info
+
+
+def versions() -> dict:
+    out = {name: _version(name) for name in ("amoeba-plugin", "torch", "transformers", "tokenizers", "numpy",
+                                            "matplotlib", "lm-eval")}
+    out["plugins"] = {r.name: {"distribution": r.distribution, "version": r.version, "status": r.status}
+                      for r in plugin_records() if r.origin != "builtin"}
+    return out
+
+
+def _method_origin(name: str) -> dict:
+    plugin = owner("methods", name)
+    record = next((r for r in plugin_records() if r.name == plugin), None)
+    return {"plugin": plugin, "plugin_version": record.version if record else None}
+
+
+def load_results(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AmoebaError(f"{path} is not valid JSON ({exc})", "delete it or pass --force to start over") from None
+    if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
+        raise AmoebaError(f"{path} was not written by compare_methods.py", "pass another --out directory")
+    return data
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- the runs
+class Harness:
+    def __init__(self, args, log):
+        self.args = args
+        self.log = log
+        self.model = self.tokenizer = self.anatomy = None
+        self.calibration = None
+        self.windows: dict[str, torch.Tensor] = {}
+        self.checksum = ""
+        self.hooks = 0
+        self.lm_eval = None
+        self.tasks = split_list(args.lm_eval_tasks) if args.lm_eval_tasks else []
+
+    def load(self) -> None:
+        start = time.perf_counter()
+        self.model, self.tokenizer = load_model(self.args.model)
+        self.anatomy = anatomy_of(self.model)
+        self.checksum = state_checksum(self.model)
+        self.hooks = hook_count(self.model)
+        self.log(f"loaded {self.args.model} ({parameter_counts(self.model)[0]:,} parameters) "
+                 f"in {time.perf_counter() - start:.1f}s")
+
+    def reload(self) -> None:
+        del self.model
+        gc.collect()
+        self.model, self.tokenizer = load_model(self.args.model)
+        self.anatomy = anatomy_of(self.model)
+        checksum = state_checksum(self.model)
+        if checksum != self.checksum:
+            raise AmoebaError(f"reloading {self.args.model} gave different weights than at start-up",
+                              "the model files changed during the benchmark: start again")
+        self.hooks = hook_count(self.model)
+
+    def evaluate(self, model, row: dict) -> None:
+        """Perplexity on every held-out source (and lm-eval tasks) into ``row``; ``row['stage']`` tracks
+        where a failure happened."""
+        evaluator = PerplexityEvaluator()
+        row["perplexity"], row["eval"] = {}, {}
+        start = time.perf_counter()
+        for source, windows in self.windows.items():
+            row["stage"] = f"evaluate {source}"
+            out = evaluator.evaluate(model, self.tokenizer, windows=windows, source=source,
+                                     batch_size=self.args.batch_size)
+            row["perplexity"][source] = out["perplexity"]
+            row["eval"][source] = {"tokens": out["tokens"], "windows": out["windows"]}
+        row["eval_seconds"] = round(time.perf_counter() - start, 3)
+        if self.tasks:
+            row["stage"] = "lm-eval"
+            start = time.perf_counter()
+            out = self.lm_eval.evaluate(model, self.tokenizer, tasks=list(self.tasks), limit=self.args.lm_eval_limit)
+            results = out.get("results", out) if isinstance(out, dict) else {}
+            row["lm_eval"] = {task: {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+                              for task, metrics in results.items() if isinstance(metrics, dict)}
+            if isinstance(out, dict) and isinstance(out.get("stderr"), dict):
+                row["lm_eval_stderr"] = _jsonable(out["stderr"])
+            row["lm_eval_seconds"] = round(time.perf_counter() - start, 3)
+        row.pop("stage", None)
+
+    def dense_row(self) -> dict:
+        total, nonembed = parameter_counts(self.model)
+        full = Plan.full(self.anatomy)
+        row = {"key": run_key("dense", "params=1", {}), "method": "dense", "label": "dense", "options": {},
+               "budget": "params=1", "budget_kind": "params", "budget_value": 1.0, "status": "ok",
+               "parameters": total, "non_embedding_parameters": nonembed, "parameters_ratio": 1.0,
+               "non_embedding_ratio": 1.0, "macs_per_token": full.macs_per_token(self.anatomy), "macs_ratio": 1.0,
+               "fits_budget": True, "layers": self.anatomy.num_layers}
+        try:
+            self.evaluate(self.model, row)
+        except Exception as exc:  # noqa: BLE001 - recorded in the row; the other runs go on
+            row.update(status="error", error=_error(row.pop("stage", "evaluate"), exc))
+        row["finished"] = _now()
+        return row
+
+    def prune_row(self, method, budget: Budget, options: dict, dense: dict, config: PruningConfig) -> dict:
+        key_budget = str(budget)
+        row = {"key": run_key(method.name, key_budget, options), "method": method.name,
+               "label": run_label(method.name, options), "options": options, "budget": key_budget,
+               "budget_kind": budget.kind, "budget_value": _budget_value(budget, dense),
+               "status": "ok", **_method_origin(method.name)}
+        calibration = self.calibration
+
+        def provide_calibration():
+            return calibration.clone()  # a copy, so a method that edits its batch cannot leak into the next
+
+        context = PruningContext(model=self.model, tokenizer=self.tokenizer, anatomy=self.anatomy, budget=budget,
+                                 options=dict(options), seed=self.args.seed,
+                                 calibration=provide_calibration if calibration is not None else None,
+                                 progress=report)
+        error = result = sliced = None
+        gc.collect()
+        torch.manual_seed(self.args.seed)
+        rss = PeakRSS()
+        row["stage"] = "prune"
+        try:
+            with rss:
+                start = time.perf_counter()
+                try:
+                    result = method.prune(context)
+                finally:
+                    row["prune_seconds"] = round(time.perf_counter() - start, 3)
+        except Exception as exc:  # noqa: BLE001 - recorded in the row; the other runs go on
+            error = _error("prune", exc)
+        row.update(rss.as_dict())
+
+        # the shared model must come back as it went in
+        problems = []
+        if state_checksum(self.model) != self.checksum:
+            problems.append("changed the weights of the shared model")
+        if hook_count(self.model) != self.hooks:
+            problems.append(f"left {hook_count(self.model) - self.hooks} forward hook(s) on the shared model")
+        row["model_unchanged"] = not problems
+        if problems:
+            message = (f"method '{method.name}' {' and '.join(problems)} (return a patch or a new model "
+                       "instead); the model was reloaded")
+            if error is None:
+                error = _error("mutation check", ModelMutatedError(message))
+            else:
+                error["message"] += f" [also: {message}]"
+            self.reload()
+            result = None
+        self.model.eval()
+
+        if error is None:
+            try:
+                row["stage"] = "plan"
+                if not isinstance(result, PruneResult) or not isinstance(result.plan, Plan):
+                    raise TypeError(f"method '{method.name}' returned {type(result).__name__}, "
+                                    "not a PruneResult with a Plan")
+                plan = result.plan
+                base = result.model if result.model is not None else self.model
+                anatomy = anatomy_of(base) if result.model is not None else self.anatomy
+                plan.provenance.setdefault("method", method.name)
+                plan.provenance.setdefault("budget", key_budget)
+                plan.provenance.setdefault("seed", self.args.seed)
+                if calibration is not None:
+                    plan.provenance.setdefault("calibration", self.args.calibration)
+                hook().amoeba_on_plan(plan=plan, context={"method": method.name, "budget": budget,
+                                                          "anatomy": anatomy, "model": base, "config": config,
+                                                          "options": {**method.default_options, **options}})
+                plan.validate(anatomy)
+                row["fits_budget"] = bool(budget.fits(plan, anatomy))
+                summary = plan.summary(anatomy)
+                row.update(layers=summary["layers"], uniform=summary["uniform"],
+                           macs_per_token=summary["macs_per_token"],
+                           macs_ratio=round(summary["macs_per_token"] / dense["macs_per_token"], 4))
+                if result.info:
+                    row["method_info"] = _jsonable(result.info)
+                plans = self.args.out / "plans"
+                plans.mkdir(exist_ok=True)
+                plan_file = plans / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{row['label']}@{key_budget}") + ".json")
+                plan.save(plan_file)
+                row["plan_file"] = str(plan_file.relative_to(self.args.out))
+
+                row["stage"] = "slice"
+                start = time.perf_counter()
+                sliced = slice_model(base, anatomy, plan, patch=result.patch)
+                row["slice_seconds"] = round(time.perf_counter() - start, 3)
+                total, nonembed = parameter_counts(sliced)
+                row.update(parameters=total, non_embedding_parameters=nonembed,
+                           parameters_ratio=round(total / dense["parameters"], 4),
+                           non_embedding_ratio=round(nonembed / dense["non_embedding_parameters"], 4))
+                self.evaluate(sliced, row)
+            except Exception as exc:  # noqa: BLE001 - recorded in the row; the other runs go on
+                error = _error(row.get("stage", "?"), exc)
+        row.pop("stage", None)
+        if error is not None:
+            row.update(status="error", error=error)
+        del result, sliced
+        gc.collect()
+        row["finished"] = _now()
+        return row
+
+
+def _budget_value(budget: Budget, dense: dict) -> float | None:
+    """The budget as a fraction of the dense model, for sorting and the table."""
+    if budget.kind in ("params", "nonembed", "macs"):
+        return float(budget.value)
+    if budget.kind == "count":
+        return round(budget.value / dense["parameters"], 4)
+    return None
+
+
+def _error(stage: str, exc: BaseException) -> dict:
+    return {"stage": stage, "type": type(exc).__name__, "message": str(exc),
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))[-4000:]}
+
+
+# ---------------------------------------------------------------------- reports
+def _sorted_rows(rows: list[dict]) -> list[dict]:
+    def key(r):
+        value = r.get("budget_value")
+        return (r["method"] != "dense", -(value if value is not None else -1.0), r["budget"], r["label"])
+    return sorted(rows, key=key)
+
+
+def _fmt_ppl(value) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "—"
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.2f}"
+
+
+def _primary_metric(metrics: dict) -> str | None:
+    names = [k for k, v in metrics.items() if isinstance(v, (int, float)) and "stderr" not in k]
+    for prefer in ("acc_norm", "acc", "exact_match", "perplexity", "word_perplexity"):
+        for name in names:
+            if name.split(",")[0] == prefer:
+                return name
+    return names[0] if names else None
+
+
+def _geo_mean(values: list[float]) -> float | None:
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def markdown(data: dict) -> str:
+    settings = data["settings"]
+    sources = settings["eval_sources"]
+    rows = _sorted_rows(data["rows"])
+    tasks = settings.get("lm_eval_tasks") or []
+    task_metric = {}
+    for task in tasks:
+        for r in rows:
+            metrics = (r.get("lm_eval") or {}).get(task)
+            if metrics and _primary_metric(metrics):
+                task_metric[task] = _primary_metric(metrics)
+                break
+    # per budget: the lowest perplexity on each source (bold) and the lowest geometric mean ("best")
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["method"] != "dense" and r["status"] == "ok":
+            groups.setdefault(r["budget"], []).append(r)
+    best_cell, best_row = set(), set()
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        for source in sources:
+            scored = [(r["perplexity"].get(source), r["key"]) for r in members
+                      if isinstance(r.get("perplexity", {}).get(source), (int, float))]
+            if scored:
+                best_cell.add((min(scored)[1], source))
+        means = [(_geo_mean([r["perplexity"].get(s) for s in sources]), r["key"]) for r in members]
+        means = [m for m in means if m[0] is not None]
+        if means:
+            best_row.add(min(means)[1])
+
+    header = ["method", "budget", "params (ratio)", "non-emb ratio", *[f"ppl {s}" for s in sources],
+              *[f"{t} ({task_metric.get(t, '?').split(',')[0]})" for t in tasks],
+              "prune s", "peak RSS MiB (+Δ)", "fits", "best"]
+    intro = (f"Model `{settings['model']}`; calibration `{settings['calibration']}` "
+             f"({settings['calibration_samples']}×{settings['calibration_seq_len']} tokens, seed {settings['seed']}); "
+             f"held-out perplexity on {settings['eval_windows'] or 'all'} windows of {settings['eval_seq_len']} "
+             "tokens per source. **Bold**: lowest perplexity on that source at that budget; "
+             "best: lowest geometric mean over the sources (marked only where two or more methods ran).")
+    lines = [intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        ok = r["status"] == "ok"
+        cells = [r["label"], r["budget"] if r["budget_kind"] != "params" else f"{r['budget_value']:g}"]
+        if isinstance(r.get("parameters"), int):
+            cells.append(f"{r['parameters']:,} ({r['parameters_ratio']:.3f})")
+            cells.append(f"{r['non_embedding_ratio']:.3f}")
+        else:
+            cells += ["—", "—"]
+        for source in sources:
+            value = (r.get("perplexity") or {}).get(source)
+            text = _fmt_ppl(value)
+            if not ok and value is None:
+                text = "error"
+            cells.append(f"**{text}**" if (r["key"], source) in best_cell else text)
+        for task in tasks:
+            value = ((r.get("lm_eval") or {}).get(task) or {}).get(task_metric.get(task, ""))
+            if "perplexity" in task_metric.get(task, ""):
+                cells.append(_fmt_ppl(value))
+            else:
+                cells.append(f"{value:.4f}" if isinstance(value, (int, float)) else "—")
+        cells.append(f"{r['prune_seconds']:.2f}" if isinstance(r.get("prune_seconds"), (int, float)) else "—")
+        if isinstance(r.get("peak_rss_mib"), (int, float)):
+            delta = r.get("peak_rss_delta_mib")
+            cells.append(f"{r['peak_rss_mib']:,.0f}" + (f" (+{delta:,.0f})" if isinstance(delta, (int, float)) else ""))
+        else:
+            cells.append("—")
+        cells.append({True: "yes", False: "**no**"}.get(r.get("fits_budget"), "—"))
+        cells.append("◀ best" if r["key"] in best_row else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    failures = [r for r in rows if r["status"] != "ok"]
+    if failures:
+        lines += ["", "Failures:", ""]
+        for r in failures:
+            e = r["error"]
+            message = " ".join(str(e["message"]).split())[:300]
+            lines.append(f"- {r['label']} @ {r['budget']} ({e['stage']}): `{e['type']}: {message}`")
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources = data["settings"]["eval_sources"]
+    rows = [r for r in data["rows"] if r["status"] == "ok" and isinstance(r.get("parameters_ratio"), (int, float))]
+    fig, axes = plt.subplots(1, len(sources), figsize=(4.8 * len(sources), 4.2), squeeze=False)
+    labels = sorted({r["label"] for r in rows if r["method"] != "dense"})
+    for ax, source in zip(axes[0], sources):
+        for label in labels:
+            points = sorted((r["parameters_ratio"], r["perplexity"][source]) for r in rows
+                            if r["label"] == label and _finite((r.get("perplexity") or {}).get(source)))
+            if points:
+                ax.plot(*zip(*points), "o-", label=label)
+        dense = [r for r in rows if r["method"] == "dense" and _finite((r.get("perplexity") or {}).get(source))]
+        for r in dense:
+            ax.plot([r["parameters_ratio"]], [r["perplexity"][source]], "k*", markersize=14, label="dense")
+        ax.set_yscale("log")
+        ax.set_title(source)
+        ax.set_xlabel("parameters kept (fraction of dense)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("perplexity (log scale)")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:
+        axes[0][0].legend(handles, names, fontsize=8)
+    fig.suptitle(f"{data['settings']['model']}: held-out perplexity against parameters")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+# ---------------------------------------------------------------------- main
+def _check_sources(args, eval_sources: list[str]) -> None:
+    """No held-out source may be the calibration text (unless explicitly allowed)."""
+    if args.calibration is None or args.allow_eval_on_calibration:
+        return
+    cal_source, cal_split = resolve_source(args.calibration, purpose="calibration")
+    for spec in eval_sources:
+        source, split = resolve_source(spec, purpose="evaluation")
+        if (source.key or source.name, split) == (cal_source.key or cal_source.name, cal_split):
+            raise AmoebaError(f"evaluation source '{spec}' is the calibration text ({cal_source.name}:{cal_split}): "
+                              "perplexity on calibration text says nothing about held-out quality",
+                              "evaluate on a held-out split (e.g. sotu:validation, brown:test) or pass "
+                              "--allow-eval-on-calibration")
+
+
+def run(args, log) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = split_list(args.methods)
+    budgets = [Budget.parse(b) for b in split_list(args.budgets)]
+    eval_sources = split_list(args.eval_sources)
+    if not methods or not budgets or not eval_sources:
+        raise AmoebaError("--methods, --budgets and --eval-sources must each name at least one item",
+                          "e.g. --methods uniform-magnitude --budgets 0.5 --eval-sources sotu:validation")
+    if len(set(eval_sources)) != len(eval_sources):
+        raise AmoebaError("--eval-sources names a source twice", "list each source once")
+    args.calibration = None if str(args.calibration).strip().lower() in ("", "none", "off") else args.calibration
+    options = parse_method_options(args.method_options)
+    stray = sorted(set(options) - set(methods))
+    if stray:
+        raise AmoebaError(f"--method-options for {', '.join(stray)}, which --methods does not list",
+                          "add the method to --methods or drop its options")
+    # everything that can be checked without the model, before any heavy work
+    _check_sources(args, eval_sources)
+    for spec in eval_sources:
+        resolve_source(spec, purpose="evaluation")
+    jobs = []  # (method, budget, options, config)
+    for budget in budgets:
+        for name in methods:
+            config = PruningConfig(method=name, budget=budget, calibration=args.calibration,
+                                   calibration_samples=args.calibration_samples,
+                                   calibration_seq_len=args.calibration_seq_len, seed=args.seed, evaluation=None,
+                                   method_options=options.get(name, {}))
+            method, checked = preflight(config)
+            unknown = sorted(set(options.get(name, {})) - set(method.default_options))
+            if unknown and method.default_options:
+                raise AmoebaError(f"unknown option(s) for '{name}' in --method-options: {', '.join(unknown)}",
+                                  f"use only: {', '.join(method.default_options)}")
+            jobs.append((method, checked, options.get(name, {}), config))
+    tasks = split_list(args.lm_eval_tasks) if args.lm_eval_tasks else []
+    harness = Harness(args, log)
+    if tasks:
+        try:
+            harness.lm_eval = get("evaluators", args.lm_eval_evaluator)
+        except UnknownNameError:
+            raise AmoebaError(f"--lm-eval-tasks needs the evaluator '{args.lm_eval_evaluator}' and no plugin "
+                              f"registers it (evaluators: {', '.join(sorted(registry('evaluators'))) or 'none'})",
+                              "install amoeba-plugin[lm-eval] with the lm-eval integration, or drop --lm-eval-tasks"
+                              ) from None
+    if args.eval_windows < 0 or args.eval_seq_len < 2:
+        raise AmoebaError("--eval-windows must be >= 0 and --eval-seq-len >= 2", "pass sensible sizes")
+
+    out: Path = args.out
+    path = out / "results.json"
+    settings = {"model": args.model, "calibration": args.calibration,
+                "calibration_samples": args.calibration_samples, "calibration_seq_len": args.calibration_seq_len,
+                "seed": args.seed, "eval_sources": eval_sources, "eval_seq_len": args.eval_seq_len,
+                "eval_windows": args.eval_windows, "batch_size": args.batch_size, "lm_eval_tasks": tasks,
+                "lm_eval_limit": args.lm_eval_limit if tasks else None}
+    previous = load_results(path)
+    # settings given on the command line are compared now; those measured on the model after loading it
+    _check_resumable(path, previous, settings, args.force)
+
+    out.mkdir(parents=True, exist_ok=True)
+    harness.load()
+    if harness.tokenizer is None:
+        raise AmoebaError(f"{args.model} has no tokenizer, so there is no text to evaluate on",
+                          "pass a model directory that holds its tokenizer")
+    start = time.perf_counter()
+    if args.calibration is not None:
+        harness.calibration = calibration_windows(harness.tokenizer, args.calibration, args.calibration_samples,
+                                                  args.calibration_seq_len, args.seed)
+    for spec in eval_sources:
+        harness.windows[spec] = eval_windows(harness.tokenizer, spec, args.eval_seq_len, args.eval_windows or None)
+    log(f"windows: calibration {tuple(harness.calibration.shape) if harness.calibration is not None else 'none'}, "
+        + ", ".join(f"{s} {tuple(w.shape)}" for s, w in harness.windows.items())
+        + f" ({time.perf_counter() - start:.1f}s)")
+
+    settings.update(dense_checksum=harness.checksum, model_fingerprint=harness.anatomy.fingerprint,
+                    calibration_sha=_sha(harness.calibration) if harness.calibration is not None else None,
+                    eval_sha={s: _sha(w) for s, w in harness.windows.items()},
+                    eval_windows_used={s: int(w.shape[0]) for s, w in harness.windows.items()})
+    rows: dict[str, dict] = {}
+    if previous is not None:
+        if _check_resumable(path, previous, settings, args.force):
+            rows = {r["key"]: r for r in previous.get("rows", [])}
+        else:
+            log(f"--force: discarding {len(previous.get('rows', []))} row(s) made with other settings")
+            plans = (out / "plans").resolve()
+            for row in previous.get("rows", []):
+                stale = (out / str(row.get("plan_file") or "")).resolve()
+                if stale.parent == plans and stale.suffix == ".json":  # only plan files this script wrote
+                    stale.unlink(missing_ok=True)
+    data = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "created": (previous or {}).get("created", _now()),
+            "command": shlex.join(["python", "benchmarks/compare_methods.py", *args.argv]), "settings": settings,
+            "machine": machine_info(), "versions": versions(), "rows": []}
+
+    def save() -> None:
+        data["rows"] = _sorted_rows(list(rows.values()))
+        data["updated"] = _now()
+        write_json_atomic(path, data)
+        (out / "results.md").write_text(markdown(data))
+
+    def done(key: str) -> bool:
+        return key in rows and rows[key].get("status") == "ok" and not args.force
+
+    total = len(jobs) + 1
+    failed = 0
+    dense_key = run_key("dense", "params=1", {})
+    if done(dense_key):
+        log(f"[1/{total}] dense: already in {path}, skipped")
+    else:
+        start = time.perf_counter()
+        rows[dense_key] = harness.dense_row()
+        log(f"[1/{total}] dense: {_progress_line(rows[dense_key], eval_sources)} ({time.perf_counter() - start:.1f}s)")
+        save()
+    dense = rows[dense_key]
+    failed += dense["status"] != "ok"  # its parameter and MAC counts are still there for the ratios
+    for i, (method, budget, opts, config) in enumerate(jobs, start=2):
+        key = run_key(method.name, str(budget), opts)
+        name = f"{run_label(method.name, opts)} @ {budget}"
+        if done(key):
+            log(f"[{i}/{total}] {name}: already in {path}, skipped")
+            continue
+        start = time.perf_counter()
+        row = harness.prune_row(method, budget, opts, dense, config)
+        rows[key] = row
+        failed += row["status"] != "ok"
+        log(f"[{i}/{total}] {name}: {_progress_line(row, eval_sources)} ({time.perf_counter() - start:.1f}s)")
+        save()
+    save()
+    if not args.no_plot:
+        plot(data, out / "quality_vs_params.png")
+    print(markdown(data), end="")
+    log(f"wrote {path}, {out / 'results.md'}" + ("" if args.no_plot else f", {out / 'quality_vs_params.png'}"))
+    return 1 if failed else 0
+
+
+def _check_resumable(path: Path, previous: dict | None, settings: dict, force: bool) -> bool:
+    """True when ``previous`` results were made with ``settings`` (those of COMPAT_KEYS present in
+    ``settings``); otherwise an error, or False under ``--force`` (start over)."""
+    if previous is None:
+        return False
+    old = previous.get("settings", {})
+    diff = [k for k in COMPAT_KEYS if k in settings and _comparable(k, old.get(k)) != _comparable(k, settings[k])]
+    if diff and not force:
+        raise AmoebaError(f"{path} holds results made with other settings ({', '.join(diff)} differ), "
+                          "so they cannot be resumed", "pass another --out, or --force to start over there")
+    return not diff
+
+
+def _comparable(key: str, value):
+    """A setting as compared for resuming: JSON round-tripped, the source list order-free."""
+    value = json.loads(json.dumps(_jsonable(value)))
+    return sorted(value) if key == "eval_sources" and isinstance(value, list) else value
+
+
+def _progress_line(row: dict, sources: list[str]) -> str:
+    parts = []
+    if isinstance(row.get("prune_seconds"), (int, float)):
+        parts.append(f"prune {row['prune_seconds']:.2f}s")
+    if isinstance(row.get("peak_rss_mib"), (int, float)):
+        parts.append(f"peak RSS {row['peak_rss_mib']:.0f} MiB")
+    if isinstance(row.get("parameters_ratio"), (int, float)):
+        parts.append(f"params {row['parameters_ratio']:.3f}")
+    ppl = row.get("perplexity") or {}
+    if ppl:
+        parts.append("ppl " + ", ".join(f"{s} {_fmt_ppl(ppl[s])}" for s in sources if s in ppl))
+    if row["status"] != "ok":
+        e = row["error"]
+        parts.append(f"FAILED in {e['stage']}: {e['type']}: {' '.join(str(e['message']).split())[:200]}")
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return int(exc.code or 0)
+    args.argv = argv
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(f"[compare] {message}", file=sys.stderr, flush=True)
+
+    saved, threads = os.environ.get("AMOEBA_PROGRESS"), torch.get_num_threads()
+    if args.quiet:
+        os.environ["AMOEBA_PROGRESS"] = "0"
+    try:
+        return run(args, log)
+    except AmoebaError as exc:
+        print(f"compare_methods: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(threads)
+        if args.quiet:
+            if saved is None:
+                os.environ.pop("AMOEBA_PROGRESS", None)
+            else:
+                os.environ["AMOEBA_PROGRESS"] = saved
+
+
+if __name__ == "__main__":
+    sys.exit(main())
