@@ -91,8 +91,10 @@ def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width
     attention and MLP at the most similar ratio (as LLM-Pruner and Wanda-sp prune both at one ratio).
 
     For every heads-per-group count from the source's down to 1 it binary-searches the largest MLP
-    width that fits; among those candidates it keeps the one whose kept fraction of heads is closest
-    to its kept fraction of MLP channels (ties: more parameters, then more heads). Keeping the most
+    width that fits; among those candidates it prefers one that a stock config can express
+    (transformers requires ``hidden_size % num_attention_heads == 0``), then the one whose kept
+    fraction of heads is closest to its kept fraction of MLP channels (ties: more parameters, then
+    more heads). Keeping the most
     parameters instead would halve the heads to keep a wide MLP, and heads are where a small model
     is most sensitive (see docs/baselines.md).
     """
@@ -123,7 +125,8 @@ def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width
             continue
         params = uniform_plan(anatomy, h, m, keep_layers=keep_layers).num_parameters(anatomy)
         gap = abs(h / max_heads - m / max_width) if max_heads and max_width else 0.0
-        key = (-round(gap, 9), params, h)
+        stock = all(anatomy.hidden_size % (h * l.num_kv_groups) == 0 for l in attn) if h else True
+        key = (stock, -round(gap, 9), params, h)
         if best is None or key > best[0]:
             best = (key, h, m)
     if best is None:

@@ -64,6 +64,8 @@ class PruningConfig:
     evaluation_windows: int = 32
     evaluation_seq_len: int = 256
     method_options: dict = field(default_factory=dict)
+    #: evaluate on the calibration text anyway (normally refused: the pruning decisions saw it)
+    allow_calibration_overlap: bool = False
 
     def __post_init__(self):
         if isinstance(self.budget, dict):
@@ -207,10 +209,12 @@ def preflight(config: PruningConfig, save_directory=None, overwrite: bool = Fals
     if config.calibration is not None and not needs_data:
         sources.append(config.calibration)  # still checked: a typo should not pass silently
     if sources:
-        from .data import resolve_source
+        from .data import check_disjoint, resolve_source
 
         for spec in sources:
             resolve_source(spec)
+        if evaluate and needs_data:
+            check_disjoint(config.calibration, config.evaluation, config.allow_calibration_overlap)
     if save_directory is not None:
         from .export import check_destination
 
@@ -260,6 +264,23 @@ class AmoebaPruner:
 
         return perplexity(model if model is not None else self.model, self.tokenizer, source=source,
                           seq_len=seq_len, max_windows=max_windows)
+
+    @staticmethod
+    def _data_record(config: PruningConfig, calibrated: bool, evaluated: bool) -> dict:
+        """Which text the run calibrated on and which it evaluated on (canonical ``name:split``)."""
+        from .data import canonical_spec
+
+        data = {}
+        if calibrated and config.calibration is not None:
+            data["calibration"] = {"source": canonical_spec(config.calibration, "calibration"),
+                                   "samples": config.calibration_samples, "seq_len": config.calibration_seq_len,
+                                   "seed": config.seed}
+        if evaluated and config.evaluation is not None:
+            data["evaluation"] = {"source": canonical_spec(config.evaluation, "evaluation"),
+                                  "windows": config.evaluation_windows, "seq_len": config.evaluation_seq_len}
+            if config.allow_calibration_overlap:
+                data["evaluation"]["allowed_calibration_overlap"] = True
+        return data
 
     # ------------------------------------------------------------------ pruning
     def prune(self, config: PruningConfig | dict | None = None, save_directory: str | os.PathLike | None = None,
@@ -316,8 +337,11 @@ class AmoebaPruner:
         plan.provenance.setdefault("method", method.name)
         plan.provenance.setdefault("budget", str(budget))
         plan.provenance.setdefault("seed", config.seed)
+        data = self._data_record(config, calibrated=bool(cache), evaluated=evaluate)
         if config.calibration is not None and cache:
             plan.provenance.setdefault("calibration", config.calibration)
+        if data:
+            plan.provenance.setdefault("data", data)
         hook().amoeba_on_plan(plan=plan, context={"method": method.name, "budget": budget, "anatomy": anatomy,
                                                   "model": base, "config": config, "options": options})
         plan.validate(anatomy)
@@ -341,7 +365,8 @@ class AmoebaPruner:
 
         export_path = None
         if save_directory is not None:
-            info = {"method": method.name, "budget": str(budget), "calibration": config.calibration,
+            info = {"method": method.name, "budget": str(budget), "calibration": config.calibration if cache else None,
+                    "data": data,
                     "seed": config.seed, "source_model": self.name, "pruning_config": config.to_dict(),
                     "summary": summary, **({"method_info": result.info} if result.info else {})}
             if ppl_before is not None:

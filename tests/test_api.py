@@ -196,3 +196,25 @@ def test_on_plan_and_progress_hooks_fire():
         assert seen["events"][-1].step == 100 and len(seen["events"]) <= 10
     finally:
         unregister_plugin("test-observer")
+
+
+def test_run_records_its_text_and_refuses_to_evaluate_on_calibration_text(tmp_path):
+    from amoeba_plugin.errors import DataError
+
+    pruner = AmoebaPruner.from_pretrained("amoeba-tiny-sotu")
+    data = {"calibration": "sotu:train", "calibration_samples": 4, "calibration_seq_len": 32,
+            "evaluation_windows": 2, "evaluation_seq_len": 32}
+    with pytest.raises(DataError, match="is the calibration text"):
+        pruner.prune(PruningConfig(method="wanda-sp", budget="0.8", evaluation="sotu:train", **data),
+                     save_directory=tmp_path / "out", evaluate=True)
+    assert not (tmp_path / "out").exists()
+    out = pruner.prune(PruningConfig(method="wanda-sp", budget="0.8", evaluation="brown", **data),
+                       save_directory=tmp_path / "out", evaluate=True)
+    record = out.plan.provenance["data"]
+    assert record["calibration"] == {"source": "sotu:train", "samples": 4, "seq_len": 32, "seed": 0}
+    assert record["evaluation"]["source"] == "brown:test"
+    info = json.loads((tmp_path / "out" / "amoeba_export.json").read_text())["info"]
+    assert info["data"] == record
+    allowed = pruner.prune(PruningConfig(method="wanda-sp", budget="0.8", evaluation="sotu:train",
+                                         allow_calibration_overlap=True, **data), evaluate=True)
+    assert allowed.plan.provenance["data"]["evaluation"]["allowed_calibration_overlap"] is True

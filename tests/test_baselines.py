@@ -9,7 +9,7 @@ from amoeba_plugin.plugins import get, owner
 from amoeba_plugin.surgery import apply_soft
 
 BASELINES = ("uniform-magnitude", "wanda-sp", "flap", "shortgpt", "random")
-DATA = dict(calibration="sotu:train", calibration_samples=8, calibration_seq_len=64)
+DATA = {"calibration": "sotu:train", "calibration_samples": 8, "calibration_seq_len": 64}
 
 
 @pytest.fixture(scope="module")

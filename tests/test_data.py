@@ -144,3 +144,16 @@ def test_custom_source_subclass(tok):
     assert src.name == "test-lines" and src.role("test") == "evaluation"
     assert resolve_source(src, purpose="evaluation") == (src, "test")
     assert calibration_windows(tok, src, 2, 8).shape == (2, 8)
+
+
+def test_evaluation_on_the_calibration_text_is_refused(tok, text_file):
+    from amoeba_plugin.data import check_disjoint
+
+    check_disjoint("sotu:train", "sotu:validation")
+    check_disjoint("sotu:train", "brown")
+    with pytest.raises(DataError, match="is the calibration text") as err:
+        check_disjoint("sotu:train", "sotu:train")
+    assert "sotu:validation" in err.value.fix and "--allow-eval-on-calibration" in err.value.fix
+    with pytest.raises(DataError, match="is the calibration text"):
+        check_disjoint(f"file:{text_file}", str(text_file))  # the same file, spelled two ways
+    check_disjoint("sotu:train", "sotu:train", allow=True)
