@@ -15,6 +15,23 @@ __version__ = "0.1.0"
 
 _register_arch()
 
+
+def _register_lm_eval_model() -> None:
+    """The lm-eval model ``amoeba``, as a lazy ``module:Class`` name: costs ~3 ms (lm-eval's registry
+    module only), nothing when lm-eval is absent, and never breaks the import."""
+    try:
+        from .eval.lm_eval import register_lm_eval_model
+
+        register_lm_eval_model()
+    except Exception as exc:  # noqa: BLE001 - an incompatible lm-eval must not make amoeba_plugin unimportable
+        import warnings
+
+        warnings.warn(f"amoeba: could not register the lm-eval model 'amoeba' ({type(exc).__name__}: {exc})",
+                      RuntimeWarning, stacklevel=2)
+
+
+_register_lm_eval_model()
+
 _LAZY = {
     "Anatomy": "anatomy", "ArchitectureAdapter": "anatomy", "anatomy_of": "anatomy", "get_adapter": "anatomy",
     "Plan": "plan", "LayerPlan": "plan",

@@ -72,3 +72,14 @@ def amoeba_select_evaluator(method, context):
 
     The first non-None answer wins; methods fall back to their own default evaluator.
     """
+
+
+@hookspec(firstresult=True)
+def amoeba_load_model(spec, options):
+    """Load a model the host cannot load by itself (an AmoebaLLM one-for-all bundle, say).
+
+    ``spec`` is the string the user gave (``bundle=SPEC`` in the ``--model_args`` of the lm-eval model
+    ``amoeba``); ``options`` is a dict with the other model_args (e.g. ``shape``) plus ``dtype`` (a
+    ``torch.dtype`` or None for the default) and ``device``. Return ``(model, tokenizer)``, or None
+    for a spec you do not recognise. The first non-None answer wins.
+    """

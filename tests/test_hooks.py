@@ -305,6 +305,42 @@ def test_hook_amoeba_select_evaluator(register):
     assert hook.amoeba_select_evaluator(method="another", context={}) is None
 
 
+def test_hook_amoeba_load_model(register):
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from amoeba_plugin.errors import AmoebaError
+    from amoeba_plugin.eval.lm_eval_model import AmoebaLM
+    from amoeba_plugin.models import load_model
+
+    calls = []
+
+    class Bundles:
+        @hookimpl
+        def amoeba_load_model(self, spec, options):
+            if not spec.startswith("test-bundle:"):
+                return None  # not ours: other plugins may answer
+            calls.append((spec, dict(options)))
+            return load_model("amoeba-tiny-sotu", dtype=options["dtype"], device=options["device"])
+
+    class Passes:
+        @hookimpl
+        def amoeba_load_model(self, spec, options):
+            return None
+
+    with pytest.raises(AmoebaError, match="no plugin can load bundle 'test-bundle:tiny'"):
+        AmoebaLM(bundle="test-bundle:tiny", device="cpu")
+    register(Bundles(), "test-load-model")
+    register(Passes(), "test-load-model-passes")  # called first, passes
+    lm = AmoebaLM(bundle="test-bundle:tiny", shape="small", device="cpu", batch_size=2)
+    assert calls == [("test-bundle:tiny", {"shape": "small", "dtype": None, "device": "cpu"})]
+    info = lm.get_model_info()
+    assert info["amoeba_load"] == "bundle" and info["amoeba_source"] == "test-bundle:tiny"
+    assert info["amoeba_shape"] == "small" and lm.batch_size == 2
+    (ll, _), = lm.loglikelihood([Instance("loglikelihood", {}, ("Fellow-Citizens of the Senate", " and"), 0)])
+    assert -20 < ll < 0  # a real log-probability from the model the plugin loaded
+
+
 # ---------------------------------------------------------------------------------------- meta
 def test_every_hook_has_a_test():
     names = _hook_names()

@@ -1,0 +1,409 @@
+"""lm-evaluation-harness, in process, on an in-memory model; the packaged tasks; the ``amoeba`` lm-eval model.
+
+* :class:`LMEvalEvaluator` (registered as ``"lm-eval"``) wraps a loaded model and tokenizer in lm-eval's
+  ``HFLM`` (through :class:`~amoeba_plugin.eval.lm_eval_model.AmoebaLM`) and runs
+  ``lm_eval.simple_evaluate`` on the named tasks. It returns *every* task's metrics.
+* :func:`tasks_dir` is the folder of the packaged tasks (``amoeba_sotu_ppl``, ``amoeba_brown_ppl``,
+  ``amoeba_moby_ppl``, the group ``amoeba_ppl`` and ``amoeba_sotu_cloze``), built from the shipped corpora;
+  pass it to lm-eval's ``--include_path``. :func:`packaged_tasks` lists them without importing lm-eval.
+* :func:`register_lm_eval_model` registers the lm-eval model ``amoeba`` lazily (a ``module:Class`` string
+  in lm-eval's model registry); :func:`load_model_args` turns its ``--model_args`` into a model.
+
+lm-eval is an optional dependency (``pip install 'amoeba-plugin[lm-eval]'``). This module imports it only
+inside functions, so ``amoeba`` starts, and the evaluator registers, without it.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import AmoebaError, UnknownNameError
+from . import Evaluator
+
+#: the name of the lm-eval model, ``lm_eval --model amoeba``
+MODEL_NAME = "amoeba"
+MODEL_TARGET = "amoeba_plugin.eval.lm_eval_model:AmoebaLM"
+INSTALL_FIX = "pip install 'amoeba-plugin[lm-eval]' (or pip install 'lm-eval>=0.4.13')"
+_TASKS = Path(__file__).resolve().parent / "tasks"
+#: every packaged task and group name starts with this
+PREFIX = "amoeba_"
+
+
+# ---------------------------------------------------------------------- packaged tasks
+def tasks_dir() -> str:
+    """The folder of the packaged lm-eval task YAMLs, for ``--include_path`` / ``TaskManager(include_path=...)``."""
+    return str(_TASKS)
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=Loader) or {}
+
+
+def packaged_tasks() -> dict[str, dict]:
+    """The packaged tasks and groups by name: ``kind`` (task/group), ``output_type``, ``metrics``,
+    ``tasks`` (of a group), ``description`` and ``path``. Reads the YAMLs; lm-eval is not imported."""
+    found: dict[str, dict] = {}
+    for path in sorted(_TASKS.glob("*.yaml")):
+        cfg = _read_yaml(path)
+        included: dict = {}
+        if isinstance(cfg.get("include"), str):
+            included = _read_yaml(path.parent / cfg["include"])
+        merged = {**included, **cfg}
+        meta = merged.get("metadata") or {}
+        description = " ".join(str(meta.get("description", "")).split())
+        if "group" in merged:
+            found[merged["group"]] = {"kind": "group", "tasks": list(merged.get("task") or []),
+                                      "description": description, "path": str(path)}
+        elif "task" in merged:
+            found[merged["task"]] = {"kind": "task", "output_type": merged.get("output_type", ""),
+                                     "metrics": [m["metric"] for m in merged.get("metric_list") or []],
+                                     "description": description, "path": str(path)}
+    return found
+
+
+# ---------------------------------------------------------------------- lm-eval plumbing
+def require_lm_eval():
+    """The ``lm_eval`` module, or an AmoebaError saying how to install it."""
+    try:
+        import lm_eval
+    except ImportError as exc:
+        raise AmoebaError(f"lm-evaluation-harness is not installed ({exc})", INSTALL_FIX) from None
+    return lm_eval
+
+
+def register_lm_eval_model() -> bool:
+    """Register the lm-eval model ``amoeba`` (lazily: a ``module:Class`` string). Idempotent.
+
+    Returns False when lm-eval is not installed. Cheap (a few ms): it imports only
+    ``lm_eval.api.registry`` and ``lm_eval.models`` (lm-eval's own table of lazy names; it must be
+    imported first, or lm-eval, seeing a non-empty registry, would never fill in ``hf`` and the rest).
+    """
+    try:
+        import lm_eval.models  # noqa: F401
+        from lm_eval.api.registry import model_registry
+    except ImportError:
+        return False
+    if MODEL_NAME not in model_registry:
+        model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    return True
+
+
+def parse_tasks(tasks) -> list[str]:
+    """``"a,b"``, ``["a", "b,c"]`` -> ``["a", "b", "c"]`` (order kept, duplicates dropped)."""
+    if tasks is None:
+        return []
+    items = [tasks] if isinstance(tasks, str) else list(tasks)
+    names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+    return list(dict.fromkeys(names))
+
+
+def _include_paths(include_path) -> list[str]:
+    import os
+
+    extra: list[str] = []
+    for item in ([include_path] if isinstance(include_path, (str, os.PathLike)) else include_path or []):
+        extra += [p for p in str(item).split(os.pathsep) if p]
+    for p in extra:
+        if not Path(p).is_dir():
+            raise AmoebaError(f"include_path {p} is not a directory", "pass a folder that holds task YAMLs")
+    return [tasks_dir(), *(str(Path(p).resolve()) for p in extra)]
+
+
+def _is_task_file(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) and Path(name).is_file()
+
+
+#: TaskManagers by (folders, include_defaults): indexing is the slow part of starting a run, and
+#: search methods call the evaluator many times. Call ``_MANAGERS.clear()`` after editing task YAMLs.
+_MANAGERS: dict[tuple, Any] = {}
+
+
+def task_manager(names: list[str], include_path=None):
+    """A ``TaskManager`` that knows the packaged tasks and ``include_path``; lm-eval's own (thousands of
+    YAMLs, several seconds to index) are added only when a name is not found without them. Managers
+    are cached per process. Unknown names raise :class:`UnknownNameError` with the closest known names."""
+    require_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    paths = _include_paths(include_path)
+
+    def build(defaults: bool):
+        key = (tuple(paths), defaults)
+        if key not in _MANAGERS:
+            _MANAGERS[key] = TaskManager(include_path=paths, include_defaults=defaults)
+        return _MANAGERS[key]
+
+    def missing_from(tm) -> list[str]:
+        return [n for n in names if not _is_task_file(n) and not tm.match_tasks([n])]
+
+    tm = build(False)
+    missing = missing_from(tm)
+    # lm-eval's own tasks never start with amoeba_: a typo there needs no slow look through them
+    if missing and not all(n.startswith(PREFIX) for n in missing):
+        tm = build(True)
+        missing = missing_from(tm)
+    if missing:
+        close = sorted({c for n in missing for c in difflib.get_close_matches(n, tm.all_tasks, n=3, cutoff=0.6)})
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UnknownNameError(
+            f"no lm-eval task named {', '.join(repr(m) for m in missing)} (packaged: "
+            f"{', '.join(sorted(packaged_tasks()))}; {len(tm.all_tasks)} names searched)",
+            f"{hint}list the packaged tasks with `amoeba tasks` and lm-eval's with `lm-eval ls tasks`; "
+            "for your own YAMLs pass include_path=FOLDER")
+    return tm
+
+
+@contextlib.contextmanager
+def quiet_lm_eval(enabled: bool = True):
+    """Silence lm-eval's INFO/WARNING log lines for the duration (progress bars stay)."""
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger("lm_eval")
+    saved = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+def _number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def summarize(raw: dict) -> dict[str, Any]:
+    """lm-eval's result dict -> ``results`` ``{task: {metric: value}}``, ``groups`` (the same for
+    groups), ``stderr`` ``{task: {metric: se}}``, ``flat`` ``{"task/metric": value}`` and ``rows`` (one
+    dict per task and metric: task, metric, value, stderr, n_shot). Metrics computed after a filter other
+    than ``none`` are named ``metric,filter``."""
+    groups = set(raw.get("groups") or {})
+    out: dict[str, Any] = {"results": {}, "groups": {}, "stderr": {}, "flat": {}, "rows": []}
+    n_shot = raw.get("n-shot") or {}
+    for task, metrics in (raw.get("results") or {}).items():
+        values, errors = {}, {}
+        for key, value in metrics.items():
+            if key == "alias" or "," not in key:
+                continue
+            metric, _, filt = key.partition(",")
+            is_stderr = metric.endswith("_stderr")
+            metric = metric[: -len("_stderr")] if is_stderr else metric
+            name = metric if filt == "none" else f"{metric},{filt}"
+            if is_stderr:
+                errors[name] = _number(value)
+            else:
+                values[name] = _number(value) if _number(value) is not None else value
+        (out["groups"] if task in groups else out["results"])[task] = values
+        out["stderr"][task] = errors
+        for metric, value in sorted(values.items()):
+            out["flat"][f"{task}/{metric}"] = value
+            out["rows"].append({"task": task, "metric": metric, "value": value,
+                                "stderr": errors.get(metric), "n_shot": n_shot.get(task)})
+    return out
+
+
+def format_rows(rows: list[dict]) -> list[list[str]]:
+    """Rows for a plain table: task, metric, value, stderr."""
+    def num(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+    return [[r["task"], r["metric"], num(r["value"]), num(r["stderr"])] for r in rows]
+
+
+# ---------------------------------------------------------------------- the evaluator
+class LMEvalEvaluator(Evaluator):
+    """lm-eval tasks on an in-memory model (no copy, no save): ``HFLM(pretrained=model, tokenizer=...)``.
+
+    Options: ``tasks`` (list or comma string; default the packaged ``amoeba_sotu_ppl`` and
+    ``amoeba_sotu_cloze``), ``limit`` (documents per task: an int, or a fraction below 1),
+    ``num_fewshot``, ``batch_size`` (int or ``"auto"``; default 16: on a CPU, batching the many short
+    multiple-choice requests is several times faster than lm-eval's default of 1, same numbers), ``seed`` (one int for lm-eval's python,
+    numpy, torch and few-shot seeds; default lm-eval's own 0/1234/1234/1234), ``include_path`` (extra
+    task folders, a list or an ``os.pathsep``-joined string), ``max_length``, ``bootstrap_iters``,
+    ``verbose`` (lm-eval's log lines; default off), ``log_samples``.
+
+    Returns ``{"results": {task: {metric: value}}, "groups", "stderr", "flat", "rows", "tasks",
+    "config", "versions", "n_samples"}`` (see :func:`summarize`), every task asked for included.
+    """
+
+    name = "lm-eval"
+    description = "lm-evaluation-harness tasks in process on the in-memory model (packaged: see `amoeba tasks`)"
+    defaults: ClassVar[dict] = {"tasks": ["amoeba_sotu_ppl", "amoeba_sotu_cloze"], "limit": None,
+                                "num_fewshot": None, "batch_size": 16, "seed": None, "include_path": None}
+
+    def evaluate(self, model, tokenizer, tasks=None, limit: float | None = None,
+                 num_fewshot: int | None = None, batch_size: int | str = 16, seed: int | None = None,
+                 include_path=None, max_length: int | None = None, bootstrap_iters: int = 100000,
+                 verbose: bool = False, log_samples: bool = False) -> dict[str, Any]:
+        names = parse_tasks(tasks if tasks is not None else self.defaults["tasks"])
+        if not names:
+            raise AmoebaError("no lm-eval task was named", "pass tasks=['amoeba_sotu_ppl'] (see `amoeba tasks`)")
+        if tokenizer is None:
+            raise AmoebaError("lm-eval needs the model's tokenizer and none was given",
+                              "pass the tokenizer (load_model returns it), or save one next to the model")
+        if limit is not None and (limit <= 0 or (limit >= 1 and float(limit) != int(limit))):
+            raise AmoebaError(f"limit must be a positive count or a fraction below 1, got {limit}",
+                              "pass e.g. limit=20 or limit=0.1")
+        lm_eval = require_lm_eval()
+        register_lm_eval_model()
+        from .lm_eval_model import AmoebaLM
+
+        with quiet_lm_eval(not verbose):
+            tm = task_manager(names, include_path)
+            lm = AmoebaLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+            seeds = {} if seed is None else {"random_seed": seed, "numpy_random_seed": seed,
+                                             "torch_random_seed": seed, "fewshot_random_seed": seed}
+            was_training = model.training
+            try:
+                raw = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
+                                              task_manager=tm, log_samples=log_samples,
+                                              bootstrap_iters=bootstrap_iters, **seeds)
+            except ValueError as exc:
+                if "Duplicate task" in str(exc):
+                    raise AmoebaError(f"lm-eval refused the task list: {exc}",
+                                      "name a group or its tasks, not both") from None
+                raise
+            finally:
+                model.train(was_training)
+        out = summarize(raw)
+        out.update(tasks=names, config={"limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
+                                        "seed": seed},
+                   versions=raw.get("versions", {}), n_samples=raw.get("n-samples", {}))
+        if log_samples:
+            out["samples"] = raw.get("samples")
+        return out
+
+
+# ---------------------------------------------------------------------- --model_args of `amoeba`
+def _dtype(value):
+    import torch
+
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, torch.dtype):
+        return value
+    dtype = getattr(torch, str(value).replace("torch.", ""), None)
+    if not isinstance(dtype, torch.dtype):
+        raise AmoebaError(f"dtype '{value}' is not a torch dtype", "use float32, bfloat16 or float16")
+    return dtype
+
+
+def resolve_device(device) -> str:
+    """``device`` as given, except that CUDA falls back to the CPU when there is none (lm-eval's CLI
+    asks for ``cuda:0`` by default, and its ``hf`` model falls back the same way)."""
+    import torch
+
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).info("device %s requested but CUDA is not available: using the CPU", device)
+        return "cpu"
+    return device
+
+
+def load_model_args(pretrained=None, base=None, plan=None, bundle=None, dtype=None, device=None,
+                    tokenizer=None, **options) -> tuple[Any, Any, dict]:
+    """``(model, tokenizer, info)`` for the lm-eval model ``amoeba``. Exactly one of:
+
+    * ``pretrained=NAME_OR_PATH``: an export directory, a saved model, a hub id, or ``amoeba-tiny-sotu``
+      (anything :func:`amoeba_plugin.models.load_model` resolves);
+    * ``base=NAME_OR_PATH,plan=PLAN``: load ``base``, apply the plan (``plan.json`` or an export
+      directory) by slicing;
+    * ``bundle=SPEC`` (plus plugin options such as ``shape=...``): asked of the plugins through the
+      ``amoeba_load_model`` hook, e.g. an AmoebaLLM one-for-all bundle.
+
+    ``options`` other than those go to the plugin (``bundle``) or are refused. ``tokenizer`` overrides
+    the model's own tokenizer (a name or path).
+    """
+
+    from ..models import load_model
+
+    chosen = [k for k, v in (("pretrained", pretrained), ("base", base), ("bundle", bundle)) if v is not None]
+    usage = "pass one of pretrained=NAME_OR_PATH, base=NAME,plan=PLAN.json or bundle=PATH"
+    if len(chosen) != 1:
+        raise AmoebaError(f"the amoeba lm-eval model got {' and '.join(chosen) or 'no model'}", usage)
+    if plan is not None and base is None:
+        raise AmoebaError("plan= needs base= (the model the plan was made for)", "pass base=NAME,plan=PLAN.json")
+    if options and bundle is None:
+        raise AmoebaError(f"the amoeba lm-eval model does not know model_args {', '.join(sorted(options))}",
+                          f"{usage}; other accepted keys: dtype, device, tokenizer, batch_size, max_length "
+                          "and lm-eval's HFLM options")
+    device = resolve_device(device)
+    dtype = _dtype(dtype)
+    info: dict[str, Any] = {}
+    if pretrained is not None:
+        model, tok = load_model(str(pretrained), dtype=dtype, device=device)
+        info = {"amoeba_load": "pretrained", "amoeba_source": str(pretrained)}
+    elif base is not None:
+        if plan is None:
+            raise AmoebaError("base= needs plan= (or use pretrained= for a model as it is)",
+                              "pass base=NAME,plan=PLAN.json")
+        from ..anatomy import anatomy_of
+        from ..plan import Plan
+        from ..surgery import slice_model
+
+        the_plan = Plan.load(str(plan))
+        model, tok = load_model(str(base), dtype=dtype, device=device)
+        anatomy = anatomy_of(model)
+        the_plan.validate(anatomy)
+        if the_plan.output_bias:
+            from ..errors import PlanError
+
+            raise PlanError("this plan adds compensation biases, which live in its export, not in the plan",
+                            "evaluate the export instead: pretrained=EXPORT_DIR")
+        model = slice_model(model, anatomy, the_plan).eval()
+        info = {"amoeba_load": "base+plan", "amoeba_source": str(base), "amoeba_plan": str(plan),
+                "amoeba_parameters_ratio": the_plan.summary(anatomy).get("parameters_ratio")}
+    else:
+        from ..plugins import hook
+
+        answer = hook().amoeba_load_model(spec=str(bundle), options={**options, "dtype": dtype, "device": device})
+        if answer is None:
+            raise AmoebaError(f"no plugin can load bundle '{bundle}'",
+                              "install the plugin for this kind of bundle (for AmoebaLLM one-for-all bundles, the "
+                              "AmoebaLLM backend) and check `amoeba plugins`; it must implement amoeba_load_model")
+        try:
+            model, tok = answer
+        except (TypeError, ValueError):
+            raise AmoebaError(f"the plugin answering amoeba_load_model for '{bundle}' returned "
+                              f"{type(answer).__name__}, not (model, tokenizer)", "fix the plugin") from None
+        model = model.to(device).eval()
+        info = {"amoeba_load": "bundle", "amoeba_source": str(bundle),
+                **{f"amoeba_{k}": v for k, v in options.items() if isinstance(v, (str, int, float, bool))}}
+    if tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        from ..models import resolve_model_path
+
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(str(tokenizer)))
+    if tok is None:
+        raise AmoebaError(f"{info['amoeba_source']} has no tokenizer", "pass tokenizer=NAME_OR_PATH in model_args")
+    return model, tok, info
+
+
+__all__ = [
+    "MODEL_NAME",
+    "LMEvalEvaluator",
+    "load_model_args",
+    "packaged_tasks",
+    "parse_tasks",
+    "register_lm_eval_model",
+    "require_lm_eval",
+    "summarize",
+    "task_manager",
+    "tasks_dir",
+]
