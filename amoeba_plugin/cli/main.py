@@ -138,11 +138,11 @@ def _load(name: str):
 def _table(rows: list[list[str]], header: list[str]) -> str:
     rows = [[str(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def _count(n: int | float) -> str:
+def _count(n: float) -> str:
     n = float(n)
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
@@ -328,11 +328,28 @@ def prune(model, method, budget, calibration, samples, seq_len, seed, output, ex
 @click.argument("model")
 @click.option("--plan", "plan_path", type=click.Path(), default=None,
               help="Also evaluate MODEL with this plan applied (softly, by masks).")
-@click.option("--source", default="sotu:validation", show_default=True, help="Text source.")
-@click.option("--seq-len", default=256, show_default=True, type=int)
-@click.option("--windows", default=32, show_default=True, type=int, help="At most this many windows.")
-def eval_(model, plan_path, source, seq_len, windows):
-    """Perplexity of MODEL (and of MODEL with --plan applied)."""
+@click.option("--source", default="sotu:validation", show_default=True, help="Text source (perplexity).")
+@click.option("--seq-len", default=256, show_default=True, type=int, help="Window length (perplexity).")
+@click.option("--windows", default=32, show_default=True, type=int, help="At most this many windows (perplexity).")
+@click.option("--tasks", "-t", default=None, metavar="T1,T2",
+              help="Run these lm-eval tasks instead of the perplexity protocol (see `amoeba tasks`; needs lm-eval).")
+@click.option("--limit", default=None, type=float, help="lm-eval: documents per task (a count, or a fraction < 1).")
+@click.option("--num-fewshot", default=None, type=int, help="lm-eval: few-shot examples per prompt.")
+@click.option("--batch-size", default="16", show_default=True, help="lm-eval: batch size (an int or auto).")
+@click.option("--seed", default=None, type=int, help="lm-eval: one seed for python/numpy/torch/few-shot sampling.")
+@click.option("--include-path", "include_path", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="lm-eval: another folder of task YAMLs (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="lm-eval: print the results as JSON.")
+def eval_(model, plan_path, source, seq_len, windows, tasks, limit, num_fewshot, batch_size, seed, include_path,
+          as_json):
+    """Perplexity of MODEL (and of MODEL with --plan applied), or lm-eval --tasks.
+
+    Without --tasks: the papers' perplexity protocol on --source. With --tasks: lm-evaluation-harness
+    in process, one row per task and metric, e.g. `amoeba eval amoeba-tiny-sotu --tasks
+    amoeba_sotu_ppl,amoeba_sotu_cloze --limit 20`.
+    """
+    if tasks is not None:
+        return _eval_tasks(model, plan_path, tasks, limit, num_fewshot, batch_size, seed, include_path, as_json)
     from ..data import resolve_source
 
     resolve_source(source)
@@ -362,6 +379,103 @@ def eval_(model, plan_path, source, seq_len, windows):
             click.echo(line)
 
 
+def _eval_tasks(model, plan_path, tasks, limit, num_fewshot, batch_size, seed, include_path, as_json):
+    """``amoeba eval --tasks``: the ``lm-eval`` evaluator in process."""
+    from ..eval.lm_eval import format_rows, parse_tasks, task_manager
+    from ..plugins import get
+
+    names = parse_tasks(tasks)
+    if not names:
+        raise AmoebaError("--tasks names no task", "pass e.g. --tasks amoeba_sotu_ppl,amoeba_sotu_cloze")
+    if limit is not None and limit >= 1:
+        if limit != int(limit):
+            raise AmoebaError(f"--limit {limit} is neither a count nor a fraction below 1", "pass e.g. --limit 20")
+        limit = int(limit)
+    batch = batch_size if str(batch_size).startswith("auto") else _positive_int(batch_size, "--batch-size")
+    evaluator = get("evaluators", "lm-eval")
+    with _status("indexing lm-eval tasks"):
+        task_manager(names, list(include_path))  # unknown names fail here, before the model loads
+    plan = None
+    if plan_path:
+        from ..plan import Plan
+
+        plan = Plan.load(plan_path)
+    loaded, tokenizer = _load(model)
+    if tokenizer is None:
+        raise AmoebaError(f"{model} has no tokenizer", "save a tokenizer next to the model")
+    options = {"tasks": names, "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch, "seed": seed,
+               "include_path": list(include_path)}
+    with _status(f"lm-eval {', '.join(names)}"):
+        result = evaluator.evaluate(loaded, tokenizer, **options)
+    after = None
+    if plan is not None:
+        from ..anatomy import anatomy_of
+        from ..surgery import apply_soft
+
+        anatomy = anatomy_of(loaded)
+        plan.validate(anatomy)
+        with apply_soft(loaded, anatomy, plan), _status(f"lm-eval {', '.join(names)} with the plan"):
+            after = evaluator.evaluate(loaded, tokenizer, **options)
+    if as_json:
+        keep = ("results", "groups", "stderr", "tasks", "config", "n_samples", "versions")
+        data = {k: result[k] for k in keep}
+        if after is not None:
+            data["with_plan"] = {k: after[k] for k in keep}
+        click.echo(json.dumps(data, indent=1, default=str))
+        return
+    rows = format_rows(result["rows"])
+    if after is None:
+        click.echo(_table(rows, ["task", "metric", "value", "stderr"]))
+    else:
+        planned = {(r[0], r[1]): r[2] for r in format_rows(after["rows"])}
+        click.echo(_table([[r[0], r[1], r[2], planned.get((r[0], r[1]), "-")] for r in rows],
+                          ["task", "metric", "model", "with plan"]))
+        for line in _parameter_lines(anatomy, plan):
+            click.echo(line)
+    shown = {t: n.get("effective") for t, n in result["n_samples"].items()}
+    if shown:
+        click.echo("documents: " + ", ".join(f"{t} {n}" for t, n in shown.items()))
+
+
+def _positive_int(value, flag: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise AmoebaError(f"{flag} {value} is not a positive integer", f"pass e.g. {flag} 16 (or auto)")
+    return number
+
+
+@cli.command(name="tasks")
+@click.option("--path", "show_path", is_flag=True, help="Print only the folder, for lm-eval's --include_path.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def tasks_(show_path: bool, as_json: bool):
+    """List the packaged lm-eval tasks (built from the shipped corpora; no download).
+
+    Run them in process with `amoeba eval MODEL --tasks NAME[,NAME]`, or with lm-eval's own CLI:
+    `amoeba-lm-eval run --model amoeba --model_args pretrained=MODEL --tasks NAME` (plain `lm_eval`
+    needs `--include_path "$(amoeba tasks --path)"`).
+    """
+    from ..eval.lm_eval import packaged_tasks, tasks_dir
+
+    if show_path:
+        click.echo(tasks_dir())
+        return
+    found = packaged_tasks()
+    if as_json:
+        click.echo(json.dumps({"path": tasks_dir(), "tasks": found}, indent=1))
+        return
+    rows = []
+    for name, info in found.items():
+        if info["kind"] == "group":
+            rows.append([name, "group", "of " + ", ".join(info["tasks"]), info["description"]])
+        else:
+            rows.append([name, info["output_type"], ", ".join(info["metrics"]), info["description"]])
+    click.echo(_table(rows, ["task", "type", "metrics", "description"]))
+    click.echo(f"folder: {tasks_dir()}")
+
+
 @cli.command()
 @click.argument("model")
 @click.option("--plan", "plan_path", required=True, type=click.Path(), help="plan.json (or an export directory).")
@@ -379,7 +493,8 @@ def export(model, plan_path, output, exporter, overwrite):
     check_destination(output, overwrite)
     loaded, tokenizer = _load(model)
     from ..anatomy import anatomy_of
-    from ..export import ExportRequest, export as run_export
+    from ..export import ExportRequest
+    from ..export import export as run_export
 
     anatomy = anatomy_of(loaded)
     plan.validate(anatomy)
