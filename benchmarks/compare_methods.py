@@ -43,7 +43,12 @@ import amoeba_plugin  # noqa: F401  (registers the amoeba architecture for heter
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.api import PruningConfig, preflight
 from amoeba_plugin.budget import Budget
-from amoeba_plugin.data import calibration_windows, eval_windows, resolve_source
+from amoeba_plugin.data import (
+    calibration_windows,
+    check_disjoint,
+    eval_windows,
+    resolve_source,
+)
 from amoeba_plugin.errors import AmoebaError, UnknownNameError
 from amoeba_plugin.eval import PerplexityEvaluator
 from amoeba_plugin.methods import PruneResult, PruningContext
@@ -695,16 +700,8 @@ def _finite(value) -> bool:
 # ---------------------------------------------------------------------- main
 def _check_sources(args, eval_sources: list[str]) -> None:
     """No held-out source may be the calibration text (unless explicitly allowed)."""
-    if args.calibration is None or args.allow_eval_on_calibration:
-        return
-    cal_source, cal_split = resolve_source(args.calibration, purpose="calibration")
     for spec in eval_sources:
-        source, split = resolve_source(spec, purpose="evaluation")
-        if (source.key or source.name, split) == (cal_source.key or cal_source.name, cal_split):
-            raise AmoebaError(f"evaluation source '{spec}' is the calibration text ({cal_source.name}:{cal_split}): "
-                              "perplexity on calibration text says nothing about held-out quality",
-                              "evaluate on a held-out split (e.g. sotu:validation, brown:test) or pass "
-                              "--allow-eval-on-calibration")
+        check_disjoint(args.calibration, spec, args.allow_eval_on_calibration)
 
 
 def run(args, log) -> int:
