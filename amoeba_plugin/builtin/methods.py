@@ -1,53 +1,8 @@
-"""Built-in methods: uniform width pruning driven by an importance metric."""
+"""Built-in methods: uniform width pruning (uniform-magnitude)."""
 from __future__ import annotations
 
-from ..allocation import uniform_plan, uniform_width
-from ..errors import AmoebaError
 from ..hookspecs import hookimpl
-from ..methods import Method, PruneResult, PruningContext
-
-
-class UniformWidthMethod(Method):
-    """Keep the same number of query heads in every KV group and the same number of MLP channels in
-    every layer, chosen per layer by an importance metric (option ``metric``). ``keep_layers``
-    (e.g. ``[0, -1]``) leaves some layers whole, as LLM-Pruner does with the first and last ones;
-    the other layers then shrink more and the result needs the project's own architecture.
-
-    The result has the source family's own shape, so it exports as a stock Hugging Face model
-    (:func:`amoeba_plugin.allocation.uniform_width` finds the largest such shape that fits).
-    Registered as ``uniform-magnitude``: the host's one method that needs no data and no plugin,
-    and the baseline every other method must beat. Plugins subclass it for other metrics (the
-    baselines' ``wanda-sp`` and ``random``) by setting ``name`` and ``default_options``.
-    """
-
-    name = "uniform-magnitude"
-    description = ("uniform width pruning: same heads per KV group and MLP width in every layer, "
-                   "picked by weight magnitude; exports as a stock HF model")
-    capabilities = frozenset({"width"})
-    budget_kinds = ("params", "nonembed", "count", "macs")
-    default_options = {"metric": "magnitude", "keep_layers": []}
-
-    def prune(self, context: PruningContext) -> PruneResult:
-        from ..plugins import get
-
-        anatomy, budget = context.anatomy, context.budget
-        self.check_budget(budget)
-        options = self.resolve_options(context)
-        metric = get("metrics", options["metric"])
-        missing = {"query_head", "mlp_channel"} - set(metric.units)
-        if missing:
-            raise AmoebaError(f"metric '{metric.name}' cannot score {', '.join(sorted(missing))} units",
-                              "pick a metric that scores query heads and MLP channels, e.g. magnitude")
-        keep = list(options["keep_layers"])
-        heads, width = uniform_width(anatomy, budget, self.name, keep)
-        calibration = self.calibration_windows(context) if metric.needs_calibration else None
-        scores = metric.score_units(context.model, anatomy, ("query_head", "mlp_channel"), calibration,
-                                    seed=context.seed)
-        plan = uniform_plan(anatomy, heads, width, scores["query_head"], scores["mlp_channel"], keep)
-        plan.provenance = {"method": self.name, "budget": str(budget), "metric": metric.name,
-                           "seed": context.seed, "heads_per_group": heads, "intermediate_size": width}
-        return PruneResult(plan=plan, info={"heads_per_group": heads, "intermediate_size": width,
-                                            "metric": metric.name})
+from ..uniform import UniformWidthMethod
 
 
 @hookimpl
