@@ -47,7 +47,7 @@ def all_activations(model, anatomy, windows, batch_size: int) -> int:
         for h in handles:
             h.remove()
     size = sum(t.numel() * t.element_size() for t in kept)
-    del kept
+    kept.clear()
     return size
 
 
