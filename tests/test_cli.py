@@ -247,3 +247,18 @@ def test_debug_flag_reraises(tmp_path):
 
 def test_bad_option_syntax(tiny_dir):
     assert_user_error(run("prune", tiny_dir, "--option", "novalue", "--no-eval"), "key=value")
+
+
+def test_eval_refuses_the_calibration_text_of_an_export(tmp_path):
+    out = tmp_path / "wanda"
+    assert_user_error(run("prune", "amoeba-tiny-sotu", "--method", "wanda-sp", "--eval-source", "sotu:train"),
+                      "is the calibration text")
+    result = run("prune", "amoeba-tiny-sotu", "--method", "wanda-sp", "--budget", "0.8", "--samples", "4",
+                 "--seq-len", "32", "--no-eval", "--output", out)
+    assert result.exit_code == 0, result.output
+    assert_user_error(run("eval", out, "--source", "sotu:train", "--seq-len", "16", "--windows", "2"),
+                      "is the calibration text", "--allow-eval-on-calibration")
+    allowed = run("eval", out, "--source", "sotu:train", "--seq-len", "16", "--windows", "2",
+                  "--allow-eval-on-calibration")
+    assert allowed.exit_code == 0 and "perplexity (sotu:train)" in allowed.output
+    assert run("eval", out, "--source", "brown", "--seq-len", "16", "--windows", "2").exit_code == 0

@@ -276,25 +276,29 @@ def inspect(model: str, as_json: bool):
               help="Perplexity before and after on --eval-source.")
 @click.option("--eval-source", default="sotu:validation", show_default=True)
 @click.option("--eval-windows", default=32, show_default=True, type=int)
+@click.option("--allow-eval-on-calibration", "allow_overlap", is_flag=True,
+              help="Let --eval-source be the calibration text (normally refused).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Method option (repeatable); values are parsed as JSON when possible.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=True), default=None,
               help="Read settings from a pruning_config.json (flags given explicitly still win).")
 def prune(model, method, budget, calibration, samples, seq_len, seed, output, exporter, overwrite, evaluate,
-          eval_source, eval_windows, options, config_path):
+          eval_source, eval_windows, allow_overlap, options, config_path):
     """Prune MODEL to a budget and (with --output) export the result."""
     from ..api import AmoebaPruner, PruningConfig, preflight
 
     ctx = click.get_current_context()
     settings = dict(method=method, budget=budget, calibration=calibration, calibration_samples=samples,
                     calibration_seq_len=seq_len, seed=seed, exporter=exporter, evaluation=eval_source,
-                    evaluation_windows=eval_windows, method_options=_parse_options(options))
+                    evaluation_windows=eval_windows, method_options=_parse_options(options),
+                    allow_calibration_overlap=allow_overlap)
     if config_path:
         from click.core import ParameterSource
 
         base = PruningConfig.from_pretrained(config_path).to_dict()
         flag_of = {"calibration_samples": "samples", "calibration_seq_len": "seq_len",
-                   "evaluation": "eval_source", "evaluation_windows": "eval_windows", "method_options": "options"}
+                   "evaluation": "eval_source", "evaluation_windows": "eval_windows", "method_options": "options",
+                   "allow_calibration_overlap": "allow_overlap"}
         for key in list(settings):
             if ctx.get_parameter_source(flag_of.get(key, key)) == ParameterSource.DEFAULT:
                 settings[key] = base[key]
@@ -340,8 +344,10 @@ def prune(model, method, budget, calibration, samples, seq_len, seed, output, ex
 @click.option("--include-path", "include_path", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="lm-eval: another folder of task YAMLs (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="lm-eval: print the results as JSON.")
+@click.option("--allow-eval-on-calibration", is_flag=True,
+              help="Evaluate even on the text the model or plan was calibrated on (normally refused).")
 def eval_(model, plan_path, source, seq_len, windows, tasks, limit, num_fewshot, batch_size, seed, include_path,
-          as_json):
+          as_json, allow_eval_on_calibration):
     """Perplexity of MODEL (and of MODEL with --plan applied), or lm-eval --tasks.
 
     Without --tasks: the papers' perplexity protocol on --source. With --tasks: lm-evaluation-harness
@@ -350,7 +356,7 @@ def eval_(model, plan_path, source, seq_len, windows, tasks, limit, num_fewshot,
     """
     if tasks is not None:
         return _eval_tasks(model, plan_path, tasks, limit, num_fewshot, batch_size, seed, include_path, as_json)
-    from ..data import resolve_source
+    from ..data import check_disjoint, resolve_source
 
     resolve_source(source)
     plan = None
@@ -358,6 +364,8 @@ def eval_(model, plan_path, source, seq_len, windows, tasks, limit, num_fewshot,
         from ..plan import Plan
 
         plan = Plan.load(plan_path)
+    for calibrated in _calibration_texts(model, plan):
+        check_disjoint(calibrated, source, allow_eval_on_calibration)
     loaded, tokenizer = _load(model)
     if tokenizer is None:
         raise AmoebaError(f"{model} has no tokenizer", "save a tokenizer next to the model")
@@ -377,6 +385,25 @@ def eval_(model, plan_path, source, seq_len, windows, tasks, limit, num_fewshot,
         click.echo(f"with plan:   {after:.3f}")
         for line in _parameter_lines(anatomy, plan):
             click.echo(line)
+
+
+def _calibration_texts(model: str, plan) -> list[str]:
+    """The calibration sources recorded by an export directory (``amoeba_export.json``) and a plan."""
+    import json
+    from pathlib import Path
+
+    found = []
+    info_path = Path(model) / "amoeba_export.json"
+    if info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text()).get("info", {})
+        except (OSError, ValueError):
+            info = {}
+        found.append(((info.get("data") or {}).get("calibration") or {}).get("source") or info.get("calibration"))
+    if plan is not None:
+        record = plan.provenance.get("data") or {}
+        found.append((record.get("calibration") or {}).get("source") or plan.provenance.get("calibration"))
+    return [f for f in found if isinstance(f, str)]
 
 
 def _eval_tasks(model, plan_path, tasks, limit, num_fewshot, batch_size, seed, include_path, as_json):
