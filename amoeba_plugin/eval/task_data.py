@@ -6,11 +6,11 @@ the function with the task's metadata (and, from its CLI, the ``--model_args``) 
 which are ignored. Each returns a ``datasets.DatasetDict``.
 
 * perplexity tasks: one row per document, column ``text``;
-* ``amoeba_sotu_cloze``: which sentence comes next? ``context`` (the two sentences before), ``choices``
-  (the true next sentence and three distractors, sentences of similar length taken from *other*
-  addresses) and ``label`` (index of the true one). Built from the held-out ``sotu:validation`` split
-  with a fixed seed, so the items are the same on every machine; the few-shot split ``train`` comes
-  from ``sotu:train`` the same way.
+* ``amoeba_sotu_cloze``: how does the sentence end? ``context`` (two sentences and the beginning of a
+  third), ``choices`` (the true ending and three distractors, endings of the same length taken from
+  sentences of *other* addresses) and ``label`` (index of the true one). Built from the held-out
+  ``sotu:validation`` split with a fixed seed, so the items are the same on every machine; the
+  few-shot split ``train`` comes from ``sotu:train`` the same way.
 """
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ CLOZE_ITEMS = 200
 #: items in its few-shot (train) split
 CLOZE_FEWSHOT_ITEMS = 50
 CLOZE_SEED = 1234
-#: sentences shorter or longer than this (in words) are neither targets nor distractors
-MIN_WORDS, MAX_WORDS = 6, 40
+#: sentences shorter or longer than this (in words) are neither asked about nor used for distractors
+MIN_WORDS, MAX_WORDS = 8, 40
 CONTEXT_SENTENCES = 2
+#: the answer is the last 40 % of the sentence's words, at least 3
+ENDING_FRACTION, MIN_ENDING = 0.4, 3
 #: amoeba_brown_ppl takes every BROWN_STEP-th Brown sample
 BROWN_STEP = 5
 
@@ -74,49 +76,59 @@ def _fits(sentence: str) -> bool:
     return MIN_WORDS <= len(sentence.split()) <= MAX_WORDS
 
 
-def cloze_items(documents: list[str], n: int, seed: int = CLOZE_SEED, choices: int = 4) -> list[dict]:
-    """``n`` next-sentence items from ``documents`` (deterministic for a given seed).
+def _ending_length(words: int) -> int:
+    """How many final words of a sentence of ``words`` words are the answer."""
+    return max(MIN_ENDING, round(words * ENDING_FRACTION))
 
-    Every item's context and true continuation come from one document; the ``choices - 1``
-    distractors are sentences of other documents whose word count is within 25 % of the true one's
-    (widened step by step when too few fit), so length alone does not give the answer away.
+
+def cloze_items(documents: list[str], n: int, seed: int = CLOZE_SEED, choices: int = 4) -> list[dict]:
+    """``n`` sentence-completion items from ``documents`` (deterministic for a given seed).
+
+    An item's context is ``CONTEXT_SENTENCES`` sentences of one document and the beginning of the next
+    sentence; the answer is that sentence's last ``ENDING_FRACTION`` of words (at least ``MIN_ENDING``).
+    The ``choices - 1`` distractors are endings, of the same length give or take a word, of sentences
+    from *other* documents that end no sentence of this one: every option is a fluent sentence ending,
+    so only the context tells them apart (with whole next sentences as options, a small model scores at
+    chance: it ranks sentences by their own likelihood, whatever came before).
     """
     rng = random.Random(seed)
     split = [sentences(d) for d in documents]
-    pool = [(i, s, len(s.split())) for i, sents in enumerate(split) for s in sents if _fits(s)]
-    candidates: list[list[int]] = []  # per document, positions whose sentence can be a target
+    pool: list[tuple[int, str, int]] = []  # (document, ending, ending length) of every usable sentence
+    for i, sents in enumerate(split):
+        for sentence in sents:
+            if _fits(sentence):
+                words = sentence.split()
+                k = _ending_length(len(words))
+                pool.append((i, " ".join(words[-k:]), k))
+    # every word-suffix of every sentence, per document: a stock phrase that also ends a sentence of
+    # the item's own document ("... of the United States.") is no distractor
+    endings_of = [{" ".join(w[-k:]) for w in (x.split() for x in sents) for k in range(1, len(w) + 1)}
+                  for sents in split]
+    if len({i for i, _, _ in pool}) < 2:
+        raise ValueError("cloze items need at least two documents with usable sentences")
+    candidates: list[list[int]] = []  # per document, positions whose sentence can be asked about
     for sents in split:
         candidates.append([j for j in range(CONTEXT_SENTENCES, len(sents)) if _fits(sents[j])
                            and all(len(s.split()) <= 2 * MAX_WORDS for s in sents[j - CONTEXT_SENTENCES: j])])
     for c in candidates:
         rng.shuffle(c)
-    if len({i for i, _, _ in pool}) < 2:
-        raise ValueError("cloze items need at least two documents with usable sentences")
     items: list[dict] = []
-    used: set[tuple[int, int]] = set()
     while len(items) < n and any(candidates):
         for doc, cands in enumerate(candidates):  # round robin: every document contributes
             if len(items) >= n or not cands:
                 continue
             j = cands.pop()
-            if (doc, j) in used:
-                continue
-            used.add((doc, j))
             sents = split[doc]
-            true = sents[j]
-            words = len(true.split())
-            distractors: list[str] = []
-            for tolerance in (0.25, 0.5, 1.0, 10.0):
-                fitting = [s for i, s, w in pool if i != doc and abs(w - words) <= tolerance * words
-                           and s != true]
-                if len(set(fitting)) >= choices - 1:
-                    distractors = rng.sample(sorted(set(fitting)), choices - 1)
-                    break
-            if len(distractors) < choices - 1:
+            words = sents[j].split()
+            k = _ending_length(len(words))
+            true, prefix = " ".join(words[-k:]), " ".join(words[:-k])
+            fitting = sorted({e for i, e, length in pool if i != doc and abs(length - k) <= 1}
+                             - endings_of[doc])
+            if len(fitting) < choices - 1:
                 continue
-            options = [true, *distractors]
+            options = [true, *rng.sample(fitting, choices - 1)]
             rng.shuffle(options)
-            items.append({"context": " ".join(sents[j - CONTEXT_SENTENCES: j]), "choices": options,
+            items.append({"context": " ".join([*sents[j - CONTEXT_SENTENCES: j], prefix]), "choices": options,
                           "label": options.index(true), "document": doc, "sentence": j})
     return items
 
