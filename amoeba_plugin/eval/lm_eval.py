@@ -116,7 +116,8 @@ def _include_paths(include_path) -> list[str]:
     for p in extra:
         if not Path(p).is_dir():
             raise AmoebaError(f"include_path {p} is not a directory", "pass a folder that holds task YAMLs")
-    return [tasks_dir(), *(str(Path(p).resolve()) for p in extra)]
+    ours = tasks_dir()
+    return [ours, *dict.fromkeys(r for r in (str(Path(p).resolve()) for p in extra) if r != ours)]
 
 
 def _is_task_file(name: str) -> bool:
@@ -153,13 +154,14 @@ def task_manager(names: list[str], include_path=None):
         tm = build(True)
         missing = missing_from(tm)
     if missing:
-        close = sorted({c for n in missing for c in difflib.get_close_matches(n, tm.all_tasks, n=3, cutoff=0.6)})
+        close = list(dict.fromkeys(c for n in missing for c in difflib.get_close_matches(n, tm.all_tasks, n=2,
+                                                                                          cutoff=0.75)))
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UnknownNameError(
             f"no lm-eval task named {', '.join(repr(m) for m in missing)} (packaged: "
             f"{', '.join(sorted(packaged_tasks()))}; {len(tm.all_tasks)} names searched)",
             f"{hint}list the packaged tasks with `amoeba tasks` and lm-eval's with `lm-eval ls tasks`; "
-            "for your own YAMLs pass include_path=FOLDER")
+            "for your own task YAMLs add their folder (include_path=, --include-path)")
     return tm
 
 
@@ -186,11 +188,13 @@ def _number(value):
 
 def summarize(raw: dict) -> dict[str, Any]:
     """lm-eval's result dict -> ``results`` ``{task: {metric: value}}``, ``groups`` (the same for
-    groups), ``stderr`` ``{task: {metric: se}}``, ``flat`` ``{"task/metric": value}`` and ``rows`` (one
-    dict per task and metric: task, metric, value, stderr, n_shot). Metrics computed after a filter other
-    than ``none`` are named ``metric,filter``."""
-    groups = set(raw.get("groups") or {})
-    out: dict[str, Any] = {"results": {}, "groups": {}, "stderr": {}, "flat": {}, "rows": []}
+    groups; empty for a group without aggregate metrics), ``group_tasks`` ``{group: [tasks]}``,
+    ``stderr`` ``{task: {metric: se}}``, ``flat`` ``{"task/metric": value}`` and ``rows`` (one dict per
+    task and metric: task, metric, value, stderr, n_shot). Metrics computed after a filter other than
+    ``none`` are named ``metric,filter``."""
+    groups = set(raw.get("groups") or {}) | set(raw.get("group_subtasks") or {})
+    out: dict[str, Any] = {"results": {}, "groups": {}, "stderr": {}, "flat": {}, "rows": [],
+                           "group_tasks": dict(raw.get("group_subtasks") or {})}
     n_shot = raw.get("n-shot") or {}
     for task, metrics in (raw.get("results") or {}).items():
         values, errors = {}, {}
