@@ -166,12 +166,12 @@ def task_manager(names: list[str], include_path=None):
 
 
 @contextlib.contextmanager
-def quiet_lm_eval(enabled: bool = True):
-    """Silence lm-eval's INFO/WARNING log lines for the duration (progress bars stay)."""
+def quiet_lm_eval(enabled: bool = True, logger_name: str = "lm_eval"):
+    """Silence lm-eval's INFO/WARNING log lines (of ``logger_name``) for the duration (progress bars stay)."""
     if not enabled:
         yield
         return
-    logger = logging.getLogger("lm_eval")
+    logger = logging.getLogger(logger_name)
     saved = logger.level
     logger.setLevel(logging.ERROR)
     try:

@@ -15,14 +15,12 @@ Importing this module imports lm-eval's HFLM (and so transformers and accelerate
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
 from ..errors import AmoebaError
-from .lm_eval import load_model_args, resolve_device
+from .lm_eval import load_model_args, quiet_lm_eval, resolve_device
 
 #: HFLM keyword arguments that make sense for a model handed over already loaded
 HFLM_OPTIONS = frozenset({"batch_size", "max_batch_size", "max_length", "truncation", "logits_cache",
@@ -30,18 +28,6 @@ HFLM_OPTIONS = frozenset({"batch_size", "max_batch_size", "max_length", "truncat
                           "think_end_token", "enable_thinking", "chat_template_args", "backend"})
 #: arguments lm-eval's CLI may add that mean nothing for an in-memory model
 _IGNORED = frozenset({"trust_remote_code", "revision", "parallelize", "use_fast_tokenizer"})
-
-
-@contextlib.contextmanager
-def _hush(logger_name: str):
-    """HFLM warns that an already-loaded model skips its loading options: true, and expected here."""
-    logger = logging.getLogger(logger_name)
-    saved = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(saved)
 
 
 class AmoebaLM(HFLM):
@@ -71,7 +57,7 @@ class AmoebaLM(HFLM):
         else:
             model, tok, self.amoeba_info = load_model_args(pretrained=pretrained, base=base, plan=plan, bundle=bundle,
                                                            dtype=dtype, device=device, tokenizer=tokenizer, **kwargs)
-        with _hush("lm_eval.models.huggingface"):
+        with quiet_lm_eval(logger_name="lm_eval.models.huggingface"):  # HFLM: loading options skipped, as expected
             super().__init__(pretrained=model, tokenizer=tok, batch_size=1 if batch_size is None else batch_size,
                              **hflm)
 

@@ -1,12 +1,10 @@
 """FLAP's fluctuation metric (WIFV): how much an input channel varies, times what its weights carry."""
 from __future__ import annotations
 
-from .collect import ensure_statistics
-from .linear import LinearMetric, weight
-from .units import COLUMN_ROLES, ROW_ROLES
+from .linear import StatisticsMetric, weight
 
 
-class FluctuationMetric(LinearMetric):
+class FluctuationMetric(StatisticsMetric):
     """``Var(X_j) * ||W[:, j]||_2^2`` for input channel ``j`` of o_proj and down_proj (WIFV).
 
     A channel whose input hardly varies can be replaced by its mean (FLAP's bias compensation), so
@@ -21,14 +19,6 @@ class FluctuationMetric(LinearMetric):
     source = ("An et al., 'Fluctuation-based Adaptive Structured Pruning for LLMs' (FLAP, AAAI 2024), "
               "metric WIFV; CASIA-IVA-Lab/FLAP lib/prune.py")
     units = frozenset({"mlp_channel", "query_head", "kv_group", "head_channel", "hidden_channel"})
-    needs_calibration = True
-    needs_statistics = frozenset({"o", "down", "q", "gate"})
-    unit_roles = COLUMN_ROLES
-    hidden_roles = ROW_ROLES
-
-    def prepare(self, model, anatomy, calibration, batch_size: int = 8, **options):
-        return ensure_statistics(model, anatomy, calibration, sites=tuple(sorted(self.needs_statistics)),
-                                 batch_size=batch_size)
 
     def saliency(self, model, layer, role, stats, **options):
         w = weight(model, layer.modules[role])

@@ -1,12 +1,10 @@
 """Wanda-sp: the structured form of Wanda's weight-times-activation score."""
 from __future__ import annotations
 
-from .collect import ensure_statistics
-from .linear import LinearMetric, weight
-from .units import COLUMN_ROLES, ROW_ROLES
+from .linear import StatisticsMetric, weight
 
 
-class WandaSPMetric(LinearMetric):
+class WandaSPMetric(StatisticsMetric):
     """``|W_ij| * ||X_j||_2`` summed over a unit's weights, where ``X_j`` is input channel ``j`` of
     the linear over all calibration tokens.
 
@@ -20,14 +18,6 @@ class WandaSPMetric(LinearMetric):
     source = ("Sun et al., 'A Simple and Effective Pruning Approach for LLMs' (Wanda, 2023); structured "
               "variant 'Wanda-sp' as defined and released with FLAP (An et al., AAAI 2024)")
     units = frozenset({"mlp_channel", "query_head", "kv_group", "head_channel", "hidden_channel"})
-    needs_calibration = True
-    needs_statistics = frozenset({"o", "down", "q", "gate"})
-    unit_roles = COLUMN_ROLES
-    hidden_roles = ROW_ROLES
-
-    def prepare(self, model, anatomy, calibration, batch_size: int = 8, **options):
-        return ensure_statistics(model, anatomy, calibration, sites=tuple(sorted(self.needs_statistics)),
-                                 batch_size=batch_size)
 
     def saliency(self, model, layer, role, stats, **options):
         w = weight(model, layer.modules[role])
