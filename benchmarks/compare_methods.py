@@ -199,17 +199,20 @@ def _value(text: str):
         return text
 
 
+def _json(text: str, what: str, fix: str):
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise AmoebaError(f"{what} is not valid JSON ({exc})", fix) from None
+
+
 def parse_method_options(items: list[str]) -> dict[str, dict]:
     """``NAME:key=value[,key=value]``, ``NAME:{json}``, or a JSON object ``{"NAME": {...}}``; repeatable."""
     out: dict[str, dict] = {}
     for item in items or []:
         item = item.strip()
         if item.startswith("{"):
-            try:
-                data = json.loads(item)
-            except ValueError as exc:
-                raise AmoebaError(f"--method-options {item!r} is not valid JSON ({exc})",
-                                  'write {"method": {"option": value}} or method:option=value') from None
+            data = _json(item, f"--method-options {item!r}", 'write {"method": {"option": value}} or method:option=value')
             if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
                 raise AmoebaError(f"--method-options {item!r} must map method names to option objects",
                                   'write {"flap": {"metric": "fluctuation"}}')
@@ -222,11 +225,7 @@ def parse_method_options(items: list[str]) -> dict[str, dict]:
             raise AmoebaError(f"cannot read --method-options {item!r}",
                               "write METHOD:key=value[,key=value], METHOD:{json} or a JSON object")
         if rest.startswith("{"):
-            try:
-                options = json.loads(rest)
-            except ValueError as exc:
-                raise AmoebaError(f"--method-options for '{name}' is not valid JSON ({exc})",
-                                  "write METHOD:{\"key\": value}") from None
+            options = _json(rest, f"--method-options for '{name}'", 'write METHOD:{"key": value}')
             if not isinstance(options, dict):
                 raise AmoebaError(f"--method-options for '{name}' must be a JSON object", "write METHOD:{...}")
         else:
