@@ -515,7 +515,7 @@ class Harness:
                 plans = self.args.out / "plans"
                 plans.mkdir(exist_ok=True)
                 plan_file = plans / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{row['label']}@{key_budget}") + ".json")
-                plan.save(plan_file)
+                plan_file.write_text(plan.to_json(indent=None) + "\n")  # compact: plans list every index
                 row["plan_file"] = str(plan_file.relative_to(self.args.out))
 
                 row["stage"] = "slice"
