@@ -22,36 +22,11 @@ from amoeba_plugin.allocation import uniform_plan
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.data import calibration_windows, eval_windows
 from amoeba_plugin.eval import PerplexityEvaluator
-from amoeba_plugin.metrics.loss import lm_loss
 from amoeba_plugin.models import load_model
 from amoeba_plugin.plugins import get
 from amoeba_plugin.surgery import apply_soft
 
 METRICS = ("magnitude", "wanda-sp", "fluctuation", "taylor", "obs")
-
-
-def head_removal_cost(model, anatomy, windows) -> list[list[float]]:
-    """Loss increase when one query head's o_proj input is zeroed, for every head of every layer."""
-    base = lm_loss(model, windows)
-    costs = []
-    for layer in anatomy.layers:
-        o = model.get_submodule(layer.modules["o"])
-        row = []
-        for head in range(layer.num_query_heads):
-            lo, hi = head * layer.head_dim, (head + 1) * layer.head_dim
-
-            def zero(module, args, lo=lo, hi=hi):
-                x = args[0].clone()
-                x[..., lo:hi] = 0
-                return (x,)
-
-            handle = o.register_forward_pre_hook(zero)
-            try:
-                row.append(round(lm_loss(model, windows) - base, 5))
-            finally:
-                handle.remove()
-        costs.append(row)
-    return costs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": args.model, "rows": rows, "calibration": list(cal.shape),
               "eval_windows": {s: list(w.shape) for s, w in evals.items()}}
     if args.head_costs:
-        result["head_removal_cost"] = head_removal_cost(model, anatomy, cal[: args.head_costs])
+        costs = get("metrics", "removal-loss").score(model, anatomy, "query_head", cal[: args.head_costs])
+        result["head_removal_cost"] = [[round(float(c), 5) for c in layer] for layer in costs]
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["command"] = "python benchmarks/metric_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = args.out or Path(__file__).parent / "results" / f"metric_ablation_{Path(args.model).name}.json"

@@ -225,3 +225,14 @@ def test_obs_streams_gram_matrices_one_layer_at_a_time(windows):
     from_windows = get("metrics", "obs").score(model, anatomy, "kv_group", windows)
     for a, b in zip(from_stats, from_windows):
         torch.testing.assert_close(a, b)
+
+
+def test_removal_loss_of_a_query_head_is_that_of_its_group_in_mha(windows):
+    """With one query head per KV group, removing a head is removing its group: the hook that zeroes
+    one head's o_proj input must cost exactly what the soft-surgery plan without that group costs."""
+    model = make_tiny("llama", num_key_value_heads=8)
+    anatomy = anatomy_of(model)
+    heads = _score("removal-loss", model, anatomy, "query_head", windows[:2])
+    groups = _score("removal-loss", model, anatomy, "kv_group", windows[:2])
+    for h, g in zip(heads, groups):
+        torch.testing.assert_close(h, g, rtol=1e-4, atol=1e-6)

@@ -392,8 +392,10 @@ def _calibration_texts(model: str, plan) -> list[str]:
     import json
     from pathlib import Path
 
+    from ..export.writers import EXPORT_INFO
+
     found = []
-    info_path = Path(model) / "amoeba_export.json"
+    info_path = Path(model) / EXPORT_INFO
     if info_path.is_file():
         try:
             info = json.loads(info_path.read_text()).get("info", {})

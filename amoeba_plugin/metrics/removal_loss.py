@@ -13,16 +13,16 @@ class RemovalLossMetric(Metric):
     The unit is removed with soft surgery (a skipped layer, a masked KV group), which computes
     exactly what the sliced model would. One forward pass over the windows per unit, so it is the
     most faithful and the most expensive metric: ``layer`` costs ``num_layers`` passes, ``kv_group``
-    one pass per group of every layer. ``max_windows`` caps the windows used (default: all).
+    one pass per group of every layer, ``query_head`` one per head. ``max_windows`` caps the windows used (default: all).
     Shortened LLaMA ranks layers by this loss increase ("PPL criterion"); SLEB applies it
     iteratively, which a method can do by calling it again on the pruned model.
     """
 
     name = "removal-loss"
-    description = "loss increase when a layer or KV group is removed (SLEB / Shortened LLaMA); needs calibration"
+    description = "loss increase when a layer, KV group or query head is removed (SLEB / Shortened LLaMA); needs calibration"
     source = ("Kim et al., 'Shortened LLaMA' (2024), PPL criterion; Song et al., 'SLEB: Streamlining LLMs "
               "through Redundancy Verification and Elimination of Transformer Blocks' (ICML 2024)")
-    units = frozenset({"layer", "kv_group"})
+    units = frozenset({"layer", "kv_group", "query_head"})
     needs_calibration = True
 
     def score(self, model, anatomy, unit, calibration=None, max_windows: int | None = None,
@@ -49,6 +49,10 @@ class RemovalLossMetric(Metric):
             if unit == "layer":
                 return torch.tensor([cost(Plan([lp for lp in full.layers if lp.index != layer.index], full.source))
                                      for layer in progress(anatomy.layers, "removal loss (layers)")])
+            if unit == "query_head":
+                return [torch.tensor([self._head_cost(model, layer, h, windows, batch_size) - base
+                                      for h in range(layer.num_query_heads)], dtype=torch.float32)
+                        for layer in progress(anatomy.layers, "removal loss (query heads)")]
             scores = []
             for layer in progress(anatomy.layers, "removal loss (KV groups)"):
                 per_group = []
@@ -62,6 +66,23 @@ class RemovalLossMetric(Metric):
             return scores
         finally:
             model.train(was_training)
+
+    @staticmethod
+    def _head_cost(model, layer, head: int, windows, batch_size: int) -> float:
+        """Loss with one query head removed. A plan keeps equal heads per KV group, so one head alone
+        is removed by zeroing its o_proj input columns, which is exactly what dropping it computes."""
+        lo, hi = head * layer.head_dim, (head + 1) * layer.head_dim
+
+        def zero(module, args):
+            x = args[0].clone()
+            x[..., lo:hi] = 0
+            return (x,)
+
+        handle = model.get_submodule(layer.modules["o"]).register_forward_pre_hook(zero)
+        try:
+            return lm_loss(model, windows, batch_size)
+        finally:
+            handle.remove()
 
 
 __all__ = ["RemovalLossMetric"]

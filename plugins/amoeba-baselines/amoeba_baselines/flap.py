@@ -5,6 +5,7 @@ from amoeba_plugin.allocation import global_width, standardize
 from amoeba_plugin.methods import Method, PruneResult
 from amoeba_plugin.metrics.collect import SITES, collect_statistics
 from amoeba_plugin.plugins import get
+from amoeba_plugin.surgery.index import query_rows
 
 
 class FLAPMethod(Method):
@@ -41,12 +42,13 @@ class FLAPMethod(Method):
         if not hasattr(metric, "role_scores"):
             raise AmoebaError(f"metric '{metric.name}' does not score single linears",
                               "use a linear metric: fluctuation, wanda-sp, magnitude, obs or taylor")
-        stats = collect_statistics(model, anatomy, self.calibration_windows(context), sites=SITES,
-                                   batch_size=options["batch_size"])
-        calibration = stats if metric.needs_calibration and not metric.needs_gradients else \
-            self.calibration_windows(context)
-        roles = metric.role_scores(model, anatomy, calibration if metric.needs_calibration else None,
-                                   seed=context.seed)
+        windows = self.calibration_windows(context)
+        stats = collect_statistics(model, anatomy, windows, sites=SITES, batch_size=options["batch_size"])
+        # the metric reuses these statistics when they hold what it reads; otherwise it gets the windows
+        wanted = metric.needs_statistics
+        shared = bool(wanted) and stats.has(gram="gram" in wanted, sites=tuple(wanted - {"gram"}))
+        calibration = (stats if shared else windows) if metric.needs_calibration else None
+        roles = metric.role_scores(model, anatomy, calibration, seed=context.seed)
         groups, channels = [], []
         for layer, scores in zip(anatomy.layers, roles):
             if layer.has_attention:
@@ -73,9 +75,7 @@ class FLAPMethod(Method):
                 layer = anatomy.layer(lp.index)
                 pieces = []
                 if layer.has_attention and lp.kv_groups:
-                    kept = [(g * layer.queries_per_group + q) * layer.head_dim + c
-                            for g, qs in zip(lp.kv_groups, lp.query_heads) for q in qs for c in lp.head_channels]
-                    pieces.append(("o", layer.num_query_heads * layer.head_dim, kept))
+                    pieces.append(("o", layer.num_query_heads * layer.head_dim, query_rows(lp, layer)))
                 if layer.has_mlp and lp.mlp_channels:
                     pieces.append(("down", layer.intermediate_size, lp.mlp_channels))
                 for role, size, kept in pieces:
