@@ -146,6 +146,20 @@ def standardize(scores: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / (std if float(std) > 0 else 1.0)
 
 
+def standardized_unit_scores(anatomy: Anatomy, role_scores: Sequence[dict]) -> tuple[list, list]:
+    """FLAP's comparable scores from a linear metric's per-layer ``role_scores``: o_proj columns and
+    down_proj columns standardised within each layer, a KV group scored by the mean over its columns.
+    Returns ``(group_scores, channel_scores)`` per layer, ready for :func:`global_width`."""
+    groups, channels = [], []
+    for layer, scores in zip(anatomy.layers, role_scores):
+        if layer.has_attention:
+            groups.append(standardize(scores["o"]).reshape(layer.num_kv_groups, -1).mean(1))
+        else:
+            groups.append(torch.zeros(0))
+        channels.append(standardize(scores["down"]) if layer.has_mlp else torch.zeros(0))
+    return groups, channels
+
+
 def _without(plan: Plan, layer: int, groups: list[int] | None, channels: list[int] | None, anatomy) -> Plan:
     out = Plan([LayerPlan(lp.index, lp.kv_groups, lp.query_heads, lp.head_channels, lp.mlp_channels)
                 for lp in plan.layers], dict(plan.source), plan.hidden_channels, plan.output_bias)
@@ -210,5 +224,5 @@ def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.
     return plan
 
 
-__all__ = ["global_width", "protected_layers", "standardize", "suggest_budget", "top_indices", "uniform_plan", "uniform_width",
+__all__ = ["global_width", "protected_layers", "standardize", "standardized_unit_scores", "suggest_budget", "top_indices", "uniform_plan", "uniform_width",
            "unreachable"]

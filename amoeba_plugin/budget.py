@@ -1,7 +1,9 @@
 """Budgets: how small the pruned model must be.
 
 One of: a fraction of parameters (all parameters by default, or non-embedding ones), an absolute
-parameter count, a fraction of MACs per token, or an exact target shape (Sheared-LLaMA style).
+parameter count, a fraction of MACs per token, an exact target shape (Sheared-LLaMA style), or a
+measured decode latency on this machine (a fraction of the dense model's, or milliseconds per token):
+latency needs a table of measurements, so only methods that build one accept it.
 Methods state which kinds they accept and reject the others with a clear error.
 """
 from __future__ import annotations
@@ -10,10 +12,14 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import InvalidBudgetError
 
-KINDS = ("params", "nonembed", "count", "macs", "shape")
+KINDS = ("params", "nonembed", "count", "macs", "shape", "latency", "latency_ms")
 SHAPE_KEYS = ("layers", "heads", "kv_heads", "intermediate", "hidden")
 _FIX = ("give the fraction to keep in (0, 1], e.g. --budget 0.5; or params=0.5, nonembed=0.6, macs=0.5, "
-        "count=3e6, shape=layers:6,heads:4,kv_heads:2,intermediate:320")
+        "count=3e6, shape=layers:6,heads:4,kv_heads:2,intermediate:320, latency=0.6 (of the dense model's), "
+        "latency=8ms (per decoded token)")
+
+_LATENCY_FIX = ("use a method or command that measures latency (e.g. `amoeba extract BUNDLE --budget latency=0.6`), "
+                "or a params/macs budget")
 
 
 @dataclass
@@ -38,20 +44,25 @@ class Budget:
             value = float(self.value)
         except (TypeError, ValueError):
             raise InvalidBudgetError(f"budget value {self.value!r} is not a number", _FIX) from None
-        if self.kind == "count":
+        if self.kind == "latency_ms":
+            if value <= 0:
+                raise InvalidBudgetError(f"a latency budget must be positive milliseconds, got {self.value}", _FIX)
+            self.value = value
+        elif self.kind == "count":
             if value < 1:
                 raise InvalidBudgetError(f"a parameter count budget must be at least 1, got {self.value}", _FIX)
             self.value = int(value)
         elif not 0 < value <= 1:
-            raise InvalidBudgetError(f"budget {self.value} is outside (0, 1]: it is the fraction of "
-                                     f"{'MACs' if self.kind == 'macs' else 'parameters'} to keep", _FIX)
+            what = {"macs": "MACs", "latency": "the dense model's latency"}.get(self.kind, "parameters")
+            raise InvalidBudgetError(f"budget {self.value} is outside (0, 1]: it is the fraction of {what} to keep",
+                                     _FIX)
         else:
             self.value = value
 
     @classmethod
     def parse(cls, text: str | float | Budget) -> Budget:
         """``0.5``, ``50%``, ``params=0.5``, ``nonembed=0.6``, ``macs=0.5``, ``count=3e6``,
-        ``shape=layers:6,heads:4``."""
+        ``shape=layers:6,heads:4``, ``latency=0.6``, ``latency=8ms``."""
         if isinstance(text, Budget):
             return text
         if isinstance(text, (int, float)):
@@ -68,6 +79,8 @@ class Budget:
                 raise InvalidBudgetError(f"cannot read the shape budget '{rest}'", _FIX) from None
             return cls("shape", value)
         rest = rest.strip()
+        if kind == "latency" and rest.lower().endswith("ms"):
+            kind, rest = "latency_ms", rest[:-2].strip()
         if rest.endswith("%"):
             try:
                 rest = float(rest[:-1]) / 100
@@ -82,9 +95,15 @@ class Budget:
     def from_dict(cls, data: dict) -> Budget:
         return cls(data.get("kind", "params"), data.get("value"), data.get("tolerance", 0.0))
 
+    @property
+    def is_latency(self) -> bool:
+        return self.kind in ("latency", "latency_ms")
+
     def __str__(self) -> str:
         if self.kind == "shape":
             return "shape=" + ",".join(f"{k}:{v}" for k, v in self.value.items())
+        if self.kind == "latency_ms":
+            return f"latency={self.value:g}ms"
         return f"{self.kind}={self.value:g}"
 
     # ------------------------------------------------------------------ checks against a plan
@@ -101,6 +120,8 @@ class Budget:
             return float(self.value)
         if self.kind == "macs":
             return self.value * full.macs_per_token(anatomy)
+        if self.is_latency:
+            raise InvalidBudgetError("a latency budget is measured, not counted", _LATENCY_FIX)
         raise InvalidBudgetError("a shape budget has no scalar target", "use Budget.value for the shape")
 
     def measure(self, plan, anatomy) -> float:
@@ -110,6 +131,8 @@ class Budget:
             return plan.num_parameters(anatomy, embeddings=False)
         if self.kind == "macs":
             return plan.macs_per_token(anatomy)
+        if self.is_latency:
+            raise InvalidBudgetError("a latency budget is measured, not counted", _LATENCY_FIX)
         raise InvalidBudgetError("a shape budget has no scalar measure", "compare shapes instead")
 
     def fits(self, plan, anatomy) -> bool:

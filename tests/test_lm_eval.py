@@ -28,7 +28,8 @@ from amoeba_plugin.eval.lm_eval import (
 from amoeba_plugin.models import load_model
 from amoeba_plugin.plugins import get
 
-PACKAGED = {"amoeba_sotu_ppl", "amoeba_brown_ppl", "amoeba_moby_ppl", "amoeba_ppl", "amoeba_sotu_cloze"}
+PACKAGED = {"amoeba_sotu_ppl", "amoeba_brown_ppl", "amoeba_moby_ppl", "amoeba_ppl", "amoeba_sotu_cloze",
+            "amoeba_sotu_cloze_calib"}
 ROOT = Path(__file__).resolve().parent.parent
 CLOZE_LIMIT = 4
 

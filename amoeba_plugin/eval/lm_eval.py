@@ -237,7 +237,8 @@ class LMEvalEvaluator(Evaluator):
     multiple-choice requests is several times faster than lm-eval's default of 1, same numbers), ``seed`` (one int for lm-eval's python,
     numpy, torch and few-shot seeds; default lm-eval's own 0/1234/1234/1234), ``include_path`` (extra
     task folders, a list or an ``os.pathsep``-joined string), ``max_length``, ``bootstrap_iters``,
-    ``verbose`` (lm-eval's log lines; default off), ``log_samples``.
+    ``verbose`` (lm-eval's log lines; default off), ``log_samples``, ``samples`` (``{task: [doc indices]}``:
+    exactly these documents of each (sub)task, e.g. a seeded stratified draw; exclusive with ``limit``).
 
     Returns ``{"results": {task: {metric: value}}, "groups", "stderr", "flat", "rows", "tasks",
     "config", "versions", "n_samples"}`` (see :func:`summarize`), every task asked for included.
@@ -251,7 +252,8 @@ class LMEvalEvaluator(Evaluator):
     def evaluate(self, model, tokenizer, tasks=None, limit: float | None = None,
                  num_fewshot: int | None = None, batch_size: int | str = 16, seed: int | None = None,
                  include_path=None, max_length: int | None = None, bootstrap_iters: int = 100000,
-                 verbose: bool = False, log_samples: bool = False) -> dict[str, Any]:
+                 verbose: bool = False, log_samples: bool = False,
+                 samples: dict[str, list[int]] | None = None) -> dict[str, Any]:
         names = parse_tasks(tasks if tasks is not None else self.defaults["tasks"])
         if not names:
             raise AmoebaError("no lm-eval task was named", "pass tasks=['amoeba_sotu_ppl'] (see `amoeba tasks`)")
@@ -261,6 +263,13 @@ class LMEvalEvaluator(Evaluator):
         if limit is not None and (limit <= 0 or (limit >= 1 and float(limit) != int(limit))):
             raise AmoebaError(f"limit must be a positive count or a fraction below 1, got {limit}",
                               "pass e.g. limit=20 or limit=0.1")
+        if samples is not None and limit is not None:
+            raise AmoebaError("limit and samples both choose the documents to evaluate",
+                              "pass one of them: limit=N (the first N per task) or samples={task: [indices]}")
+        if samples is not None and (not isinstance(samples, dict) or not all(
+                isinstance(v, (list, tuple)) and all(isinstance(i, int) for i in v) for v in samples.values())):
+            raise AmoebaError("samples must map task names to lists of document indices",
+                              "pass e.g. samples={'amoeba_sotu_cloze': [0, 5, 9]}")
         lm_eval = require_lm_eval()
         register_lm_eval_model()
         from .lm_eval_model import AmoebaLM
@@ -273,7 +282,7 @@ class LMEvalEvaluator(Evaluator):
             was_training = model.training
             try:
                 raw = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
-                                              task_manager=tm, log_samples=log_samples,
+                                              samples=samples, task_manager=tm, log_samples=log_samples,
                                               bootstrap_iters=bootstrap_iters, **seeds)
             except ValueError as exc:
                 if "Duplicate task" in str(exc):

@@ -151,4 +151,23 @@ def sotu_cloze(**_: Any):
                                  "train": datasets.Dataset.from_list(train)})
 
 
-__all__ = ["brown_ppl", "cloze_items", "moby_ppl", "sentences", "sotu_cloze", "sotu_ppl"]
+@functools.lru_cache(maxsize=1)
+def _sotu_cloze_calib_items() -> list[dict]:
+    train_docs = _documents("sotu:train")
+    return cloze_items([d for i, d in enumerate(train_docs) if i % 10], 2 * CLOZE_ITEMS, CLOZE_SEED + 2)
+
+
+def sotu_cloze_calib(**_: Any):
+    """``amoeba_sotu_cloze_calib``: the cloze task for *calibration* (e.g. AmoebaLLM's depth DP).
+
+    Its 400 test items come from ``sotu:train`` only, from the addresses the few-shot items do not use
+    (all but every 10th), so calibrating on it never sees the held-out ``sotu:validation`` text that
+    ``amoeba_sotu_cloze`` tests on. Few-shot ``train`` is ``amoeba_sotu_cloze``'s. The items are built
+    once per process (a few seconds), since a search evaluates the task many times."""
+    import datasets
+
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(_sotu_cloze_calib_items()),
+                                 "train": datasets.Dataset.from_list(_sotu_cloze_items()[1])})
+
+
+__all__ = ["brown_ppl", "cloze_items", "moby_ppl", "sentences", "sotu_cloze", "sotu_cloze_calib", "sotu_ppl"]

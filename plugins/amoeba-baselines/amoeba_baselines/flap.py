@@ -1,11 +1,9 @@
 """FLAP: fluctuation-scored heads and channels, one global ranking across layers, bias compensation."""
-import torch
-
-from amoeba_plugin.allocation import global_width, standardize
+from amoeba_plugin.allocation import global_width, standardized_unit_scores
+from amoeba_plugin.compensation import output_bias_compensation
 from amoeba_plugin.methods import Method, PruneResult
 from amoeba_plugin.metrics.collect import SITES, collect_statistics
 from amoeba_plugin.plugins import get
-from amoeba_plugin.surgery.index import query_rows
 
 
 class FLAPMethod(Method):
@@ -49,42 +47,13 @@ class FLAPMethod(Method):
         shared = bool(wanted) and stats.has(gram="gram" in wanted, sites=tuple(wanted - {"gram"}))
         calibration = (stats if shared else windows) if metric.needs_calibration else None
         roles = metric.role_scores(model, anatomy, calibration, seed=context.seed)
-        groups, channels = [], []
-        for layer, scores in zip(anatomy.layers, roles):
-            if layer.has_attention:
-                groups.append(standardize(scores["o"]).reshape(layer.num_kv_groups, -1).mean(1))
-            else:
-                groups.append(torch.zeros(0))
-            channels.append(standardize(scores["down"]) if layer.has_mlp else torch.zeros(0))
+        groups, channels = standardized_unit_scores(anatomy, roles)
         bias = bool(options["bias_compensation"])
         plan = global_width(anatomy, budget, groups, channels, self.name, output_bias=bias)
-        patch = self._compensation(model, anatomy, plan, stats) if bias else None
+        patch = output_bias_compensation(model, anatomy, plan, stats) if bias else None
         plan.provenance = {"method": self.name, "budget": str(budget), "metric": metric.name, "seed": context.seed,
                            "bias_compensation": bias}
         shape = plan.shape(anatomy)
         return PruneResult(plan, patch=patch, info={
             "metric": metric.name, "bias_compensation": bias,
             "kv_groups": [s["kv_groups"] for s in shape], "intermediate_size": [s["intermediate_size"] for s in shape]})
-
-    @staticmethod
-    def _compensation(model, anatomy, plan, stats) -> dict:
-        """FLAP's output biases: ``W_out[:, removed] @ mean_input[removed]`` plus any existing bias."""
-        patch = {}
-        with torch.no_grad():
-            for lp in plan.resolved(anatomy).layers:
-                layer = anatomy.layer(lp.index)
-                pieces = []
-                if layer.has_attention and lp.kv_groups:
-                    pieces.append(("o", layer.num_query_heads * layer.head_dim, query_rows(lp, layer)))
-                if layer.has_mlp and lp.mlp_channels:
-                    pieces.append(("down", layer.intermediate_size, lp.mlp_channels))
-                for role, size, kept in pieces:
-                    module = model.get_submodule(layer.modules[role])
-                    removed = torch.ones(size, dtype=torch.bool)
-                    removed[kept] = False
-                    mean = stats.layer(layer.index).input(role).mean.to(module.weight.device, torch.float64)
-                    b = module.weight.detach().double()[:, removed] @ mean[removed]
-                    if module.bias is not None:
-                        b = b + module.bias.detach().double()
-                    patch[f"{layer.modules[role]}.bias"] = b.to(module.weight.dtype)
-        return patch

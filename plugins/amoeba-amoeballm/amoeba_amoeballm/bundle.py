@@ -1,0 +1,150 @@
+"""The one-for-all bundle: one directory from which any shape is extracted in seconds.
+
+::
+
+    BUNDLE/
+      amoeba_bundle.json      format, version, base reference + fingerprint, width list, SMoL config,
+                              training summary, per-shape scores
+      selection.json          the DP depth table (a mask per depth) and the full-depth width plans
+      biases.safetensors      compensation biases, keys "<width>/<module>.bias"
+      adapter/                the SMoL experts (peft adapters expert_0..) and router (absent before training)
+      checkpoint/             the fine-tuning checkpoint (resume)
+      latency/<machine>.json  measured decode latency per shape, one table per machine
+
+The base model is referenced, not copied: a name :func:`amoeba_plugin.models.load_model` resolves or
+a path. Its fingerprint is checked on load, so a bundle is never applied to other weights.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amoeba_plugin import __version__ as host_version
+from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.export import atomic_directory
+
+from .shapes import SelectionTable
+
+FORMAT = "amoeballm-bundle"
+VERSION = 1
+MANIFEST = "amoeba_bundle.json"
+SELECTION = "selection.json"
+BIASES = "biases.safetensors"
+ADAPTER = "adapter"
+CHECKPOINT = "checkpoint"
+LATENCY = "latency"
+
+
+def is_bundle(path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+@dataclass
+class Bundle:
+    """A bundle on disk: the manifest and the selection table (the adapter loads on demand)."""
+
+    path: Path
+    manifest: dict
+    table: SelectionTable
+    extra: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ reading
+    @classmethod
+    def load(cls, path) -> Bundle:
+        from safetensors.torch import load_file
+
+        path = Path(path).expanduser()
+        if not is_bundle(path):
+            raise AmoebaError(f"{path} is not an AmoebaLLM bundle (no {MANIFEST})",
+                              "pass a directory written by `amoeba amoeballm select` (then `train`)")
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+            selection = json.loads((path / SELECTION).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise AmoebaError(f"the bundle at {path} is damaged ({exc})", "recreate it with `amoeba amoeballm select`") from None
+        if manifest.get("format") != FORMAT:
+            raise AmoebaError(f"{path / MANIFEST} is not an AmoebaLLM bundle manifest", "pass an AmoebaLLM bundle")
+        if manifest.get("version", 0) > VERSION:
+            raise AmoebaError(f"bundle format version {manifest['version']} is newer than this plugin reads ({VERSION})",
+                              "upgrade amoeba-amoeballm")
+        tensors = load_file(str(path / BIASES)) if (path / BIASES).exists() else {}
+        return cls(path, manifest, SelectionTable.from_dict(selection, tensors))
+
+    @property
+    def base(self) -> str:
+        return self.manifest["base"]["name_or_path"]
+
+    @property
+    def trained(self) -> bool:
+        return (self.path / ADAPTER).is_dir()
+
+    @property
+    def shape_scores(self) -> dict[str, float]:
+        return dict(self.manifest.get("shape_scores") or {})
+
+    def load_base(self, dtype=None, device=None):
+        """The base model and tokenizer, checked against the bundle's fingerprint."""
+        from amoeba_plugin.anatomy import anatomy_of
+        from amoeba_plugin.models import load_model
+
+        kwargs = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
+        model, tokenizer = load_model(self.base, **kwargs)
+        anatomy = anatomy_of(model)
+        want = self.manifest["base"].get("fingerprint", "")
+        if want and anatomy.fingerprint.split("-")[0] != want.split("-")[0]:
+            raise AmoebaError(f"the base model '{self.base}' does not have the shape this bundle was made for",
+                              "point the bundle at its original base model (amoeba_bundle.json: base.name_or_path)")
+        if want and dtype is None and anatomy.fingerprint != want:
+            raise AmoebaError(f"the weights of '{self.base}' differ from those this bundle was made for "
+                              f"(fingerprint {anatomy.fingerprint}, expected {want})",
+                              "point the bundle at its original base model (amoeba_bundle.json: base.name_or_path)")
+        return model, tokenizer, anatomy
+
+    def load_adapter(self, model, anatomy, is_trainable: bool = False):
+        """The SMoL adapter on ``model`` (modified in place by peft), or None before training."""
+        from .smol import SMoLAdapter
+
+        if not self.trained:
+            return None
+        return SMoLAdapter.load(model, anatomy, self.path / ADAPTER, is_trainable=is_trainable)
+
+    # ------------------------------------------------------------------ writing
+    def update_manifest(self, **changes) -> None:
+        """Merge ``changes`` into the manifest and rewrite it atomically."""
+        self.manifest.update(changes)
+        tmp = self.path / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(self.manifest, indent=1) + "\n")
+        tmp.replace(self.path / MANIFEST)
+
+    def save_adapter(self, adapter) -> None:
+        """Write the adapter next to the selection, replacing an older one atomically."""
+        tmp = self.path / f".{ADAPTER}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        adapter.save(tmp)
+        old = self.path / f".{ADAPTER}.old"
+        if (self.path / ADAPTER).exists():
+            shutil.rmtree(old, ignore_errors=True)
+            (self.path / ADAPTER).replace(old)
+        tmp.replace(self.path / ADAPTER)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_bundle(destination, base: str, anatomy, table: SelectionTable, info: dict, overwrite: bool = False) -> Bundle:
+    """Write stage 1's bundle atomically (nothing appears at ``destination`` if this fails)."""
+    from safetensors.torch import save_file
+
+    manifest = {"format": FORMAT, "version": VERSION, "created_by": f"amoeba-plugin {host_version}",
+                "base": {"name_or_path": base, "fingerprint": anatomy.fingerprint, "model_type": anatomy.model_type,
+                         "num_layers": anatomy.num_layers, "hidden_size": anatomy.hidden_size},
+                "widths": table.widths, "depths": table.depth.depths(), "allocation": table.allocation,
+                "selection": info, "smol": None, "training": None, "shape_scores": None}
+    with atomic_directory(destination, overwrite) as tmp:
+        (tmp / SELECTION).write_text(json.dumps(table.to_dict()) + "\n")
+        save_file(table.bias_tensors(), str(tmp / BIASES))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return Bundle.load(destination)
+
+
+__all__ = ["ADAPTER", "CHECKPOINT", "LATENCY", "MANIFEST", "Bundle", "is_bundle", "write_bundle"]

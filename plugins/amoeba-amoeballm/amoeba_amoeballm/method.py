@@ -1,0 +1,44 @@
+"""``amoeballm`` as a method of the common pruning API: stage 1 only (no fine-tuning).
+
+``amoeba prune MODEL --method amoeballm --budget nonembed=0.6`` builds the selection table in
+memory and returns the best fitting shape, scored by calibration loss. The one-for-all bundle
+(selection, SMoL fine-tuning, extraction of any shape) is the ``amoeba amoeballm`` commands' job.
+"""
+from __future__ import annotations
+
+from amoeba_plugin.methods import Method, PruneResult
+
+from .extract import choose_shape
+from .select import DEFAULT_WIDTHS, SelectionConfig, run_selection
+from .train import score_shapes
+
+
+class AmoebaLLMMethod(Method):
+    """AmoebaLLM's knowledge-preserving selection (Fu et al., NeurIPS 2024): the DP over layers for
+    depth, FLAP-style global width masks with bias compensation; the shape under the budget with
+    the lowest loss on the calibration windows wins."""
+
+    name = "amoeballm"
+    description = ("AmoebaLLM selection: DP layer choice + fluctuation-ranked width masks; the best "
+                   "(depth, width) under the budget (no fine-tuning; see `amoeba amoeballm`)")
+    capabilities = frozenset({"depth", "width", "calibration", "changes_weights"})
+    budget_kinds = ("params", "nonembed", "count", "macs")
+    default_options = {"min_layers": None, "keep_last": 1, "depth_scorer": "loss", "widths": list(DEFAULT_WIDTHS),
+                       "allocation": "global", "bias_compensation": True}
+
+    def prune(self, context):
+        self.check_budget(context.budget)
+        options = self.resolve_options(context)
+        windows = self.calibration_windows(context)
+        config = SelectionConfig(min_layers=options["min_layers"], keep_last=options["keep_last"],
+                                 depth_scorer=options["depth_scorer"], widths=tuple(options["widths"]),
+                                 allocation=options["allocation"], bias_compensation=options["bias_compensation"])
+        table, report = run_selection(context.model, context.tokenizer, context.anatomy, windows, config,
+                                      seed=context.seed)
+        scores = score_shapes(context.model, context.anatomy, table, windows)  # the ranking signal
+        choice = choose_shape(table, context.anatomy, context.budget, scores)
+        plan = table.plan(choice.shape, context.anatomy)
+        plan.provenance.update(budget=str(context.budget), seed=context.seed)
+        return PruneResult(plan, patch=table.patch(choice.shape, context.anatomy) or None,
+                           info={"shape": str(choice.shape), "reason": choice.reason, "selection": report})
+
