@@ -122,9 +122,9 @@ def main(argv=None) -> int:
         write_bundle(selected, args.model, anatomy, table, report)
     results.get("selection", lambda: {"report": Bundle.load(selected).manifest["selection"],
                                       "depth_masks": Bundle.load(selected).table.depth.masks})
-    runs = {"smol": SMoLConfig(num_experts=args.experts, rank=args.rank, top_k=2),
-            "plain_lora": SMoLConfig(num_experts=1, rank=args.rank, top_k=1),
-            "smol_no_balancing": SMoLConfig(num_experts=args.experts, rank=args.rank, top_k=2)}
+    smol = SMoLConfig(num_experts=args.experts, rank=args.rank, top_k=2)
+    runs = {"smol": smol, "plain_lora": SMoLConfig(num_experts=1, rank=args.rank, top_k=1),
+            "smol_no_balancing": smol, "smol_official_draw": smol}
     bundles = {}
     for name, smol in runs.items():
         path = out / "bundles" / name
@@ -134,6 +134,7 @@ def main(argv=None) -> int:
             shutil.copytree(selected, path)
         cfg = copy.deepcopy(train)
         cfg.balancing = name != "smol_no_balancing"
+        cfg.full_depth_random = name != "smol_official_draw"  # official: random depths < L
         if not Bundle.load(path).trained:
             print(f"one-for-all fine-tuning: {name} ({args.steps} steps)", flush=True)
             train_bundle(path, cfg, smol)
@@ -153,11 +154,13 @@ def main(argv=None) -> int:
 
         results.get(f"{b}/shape", lambda: {"shape": shape, "reason": choice.reason,
                                             "summary": bundles["smol"].table.plan(choice.shape, anatomy).summary(anatomy)})
-        results.get(f"{b}/no_finetune", lambda: measured(extract(selected, shape=shape).model))
+        # entries are keyed by what they depend on (the shape, or the baselines' budget), so a rerun
+        # that picks another shape never reuses a row made for the old one
+        results.get(f"{shape}/no_finetune", lambda: measured(extract(selected, shape=shape).model))
         for name, bundle in bundles.items():
-            results.get(f"{b}/oneforall_{name}", lambda bundle=bundle: measured(
+            results.get(f"{shape}/oneforall_{name}", lambda bundle=bundle: measured(
                 extract(bundle.path, shape=shape).model))
-        results.get(f"{b}/per_subnet_lora", lambda: measured(
+        results.get(f"{shape}/per_subnet_lora", lambda: measured(
             lora_finetune(extract(selected, shape=shape).model, tokenizer, train, rank=args.rank)))
         # the baselines get the ratio the chosen shape actually reached (at most the budget), so no
         # row has more parameters than the AmoebaLLM subnet it is compared with
@@ -169,8 +172,9 @@ def main(argv=None) -> int:
                 return pruner.prune(PruningConfig(method=method, budget=baseline_budget,
                                                   calibration_samples=args.calibration_samples,
                                                   calibration_seq_len=args.seq_len)).model
-            results.get(f"{b}/{method}", lambda: measured(pruned()))
-            results.get(f"{b}/{method}_lora", lambda: measured(lora_finetune(pruned(), tokenizer, train, rank=args.rank)))
+            results.get(f"{baseline_budget}/{method}", lambda: measured(pruned()))
+            results.get(f"{baseline_budget}/{method}_lora",
+                        lambda: measured(lora_finetune(pruned(), tokenizer, train, rank=args.rank)))
 
         # extraction time and decode speed against the dense model, in this process
         def speed():
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
             ms = decode_ms_per_token(small.model, tokens=64, repeats=5)
             return {"extraction_seconds": round(seconds, 3), "dense_ms_per_token": round(dense, 3),
                     "extracted_ms_per_token": round(ms, 3), "speedup": round(dense / ms, 3)}
-        results.get(f"{b}/speed", speed)
+        results.get(f"{shape}/speed", speed)
 
     (out / "results.md").write_text(markdown(results.data, budgets))
     print((out / "results.md").read_text())
@@ -204,6 +208,7 @@ def markdown(data: dict, budgets: list[float]) -> str:
             ("per_subnet_lora", "(b) same shape, fine-tuned alone (plain LoRA)"),
             ("oneforall_plain_lora", "ablation: one shared plain LoRA"),
             ("oneforall_smol_no_balancing", "ablation: SMoL, no balancing"),
+            ("oneforall_smol_official_draw", "ablation: SMoL, official depth draw (< L)"),
             ("flap", "(c) FLAP"), ("flap_lora", "(c) FLAP + LoRA"),
             ("shortgpt", "(c) ShortGPT"), ("shortgpt_lora", "(c) ShortGPT + LoRA")]
     for budget in budgets:
@@ -211,8 +216,10 @@ def markdown(data: dict, budgets: list[float]) -> str:
         if f"{b}/shape" not in e:
             continue
         shape = e[f"{b}/shape"]
+        baseline_budget = f"nonembed={shape['summary']['non_embedding_ratio']:g}"
         for key, label in rows:
-            r = e.get(f"{b}/{key}")
+            prefix = baseline_budget if key.startswith(("flap", "shortgpt")) else shape["shape"]
+            r = e.get(f"{prefix}/{key}")
             if r is None:
                 continue
             lines.append(f"| {budget:g} | {shape['shape']} | {shape['summary']['non_embedding_ratio']} | {label} | "
@@ -222,7 +229,7 @@ def markdown(data: dict, budgets: list[float]) -> str:
               "| budget | shape | extraction s | dense ms/token | extracted ms/token | speed-up |", "|---|---|---|---|---|---|"]
     for budget in budgets:
         b = f"nonembed={budget:g}"
-        s = e.get(f"{b}/speed")
+        s = e.get(f"{e[f'{b}/shape']['shape']}/speed") if f"{b}/shape" in e else None
         if s:
             lines.append(f"| {budget:g} | {e[f'{b}/shape']['shape']} | {s['extraction_seconds']} | "
                          f"{s['dense_ms_per_token']} | {s['extracted_ms_per_token']} | {s['speedup']}x |")

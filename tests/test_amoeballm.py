@@ -147,8 +147,12 @@ def test_sandwich_is_largest_random_smallest_and_seeded(selected):
     table = selected.table
     shapes = sandwich(table, step=3, seed=0, num_random=2)
     assert shapes[0] == Shape(8, 1.0) and shapes[-1] == Shape(6, 0.5) and len(shapes) == 4
-    assert all(s.depth < 8 for s in shapes[1:3]) and shapes[1].width != shapes[2].width
+    assert shapes[1].width != shapes[2].width
     assert sandwich(table, 3, 0, 2) == shapes and any(sandwich(table, k, 0, 2) != shapes for k in range(4, 9))
+    drawn = {s.depth for k in range(40) for s in sandwich(table, k, 0, 2)[1:3]}
+    assert drawn == {6, 7, 8}  # full-depth narrow shapes are trained too (the official draw excludes them)
+    official = {s.depth for k in range(40) for s in sandwich(table, k, 0, 2, full_depth_random=False)[1:3]}
+    assert official == {6, 7}
 
 
 def test_training_logs_every_subnet_and_writes_the_adapter(trained):

@@ -93,6 +93,8 @@ def select(model, output, min_layers, keep_last, depth_scorer, questions, widths
 @click.option("--seq-len", type=int, default=256, show_default=True)
 @click.option("--pool", type=int, default=2048, show_default=True, help="Training windows drawn from the source.")
 @click.option("--random-subnets", type=int, default=2, show_default=True, help="Random subnets per step (K-2).")
+@click.option("--full-depth-random/--official-depth-draw", default=True, show_default=True,
+              help="Random subnets may keep every layer (the official draw never trains full-depth narrow shapes).")
 @click.option("--experts", type=int, default=5, show_default=True, help="LoRA experts per linear (1: plain LoRA).")
 @click.option("--rank", type=int, default=8, show_default=True)
 @click.option("--alpha", type=float, default=16.0, show_default=True)
@@ -106,7 +108,7 @@ def select(model, output, min_layers, keep_last, depth_scorer, questions, widths
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--restart", is_flag=True, help="Ignore the checkpoint and start from step 0.")
 def train(bundle, steps, batch_size, grad_accum, lr, source, seq_len, pool, random_subnets, experts, rank, alpha,
-          top_k, mixing, balancing, distill, save_every, log_every, seed, restart):
+          top_k, mixing, balancing, distill, save_every, log_every, seed, restart, full_depth_random):
     """Stage 2: one-for-all fine-tuning of the SMoL adapter; resumes from the bundle's checkpoint.
 
     Several processes: `accelerate launch --num_processes 2 -m amoeba_amoeballm train BUNDLE`."""
@@ -114,7 +116,8 @@ def train(bundle, steps, batch_size, grad_accum, lr, source, seq_len, pool, rand
     from .train import TrainConfig, train_bundle
 
     config = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, source=source,
-                         seq_len=seq_len, pool=pool, num_random=random_subnets, balancing=balancing, distill=distill,
+                         seq_len=seq_len, pool=pool, num_random=random_subnets, full_depth_random=full_depth_random,
+                         balancing=balancing, distill=distill,
                          save_every=save_every, log_every=log_every, seed=seed)
     smol = SMoLConfig(num_experts=experts, rank=rank, alpha=alpha, top_k=min(top_k, experts), mixing=mixing)
     summary = train_bundle(bundle, config, smol, restart=restart)

@@ -49,6 +49,7 @@ class TrainConfig:
     source: str = "sotu:train"        # training text [alpaca-gpt4]
     pool: int = 2048                  # training windows drawn (seeded) from the source
     num_random: int = 2               # random subnets per step besides largest and smallest [2]
+    full_depth_random: bool = True    # random subnets may have full depth [no: randint(min, L)]
     distill: bool = True              # in-place distillation for every subnet but the largest
     kd_weight: float = 1.0            # KD share of a distilled subnet's loss (1 - share: labels) [1]
     balancing: bool = True            # loss-magnitude balancing
@@ -92,11 +93,20 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
-def sandwich(table: SelectionTable, step: int, seed: int, num_random: int) -> list[Shape]:
-    """The step's subnets: the largest, ``num_random`` random (depth below the full one, widths
-    without replacement, as the official code draws them) and the smallest."""
+def sandwich(table: SelectionTable, step: int, seed: int, num_random: int,
+             full_depth_random: bool = True) -> list[Shape]:
+    """The step's subnets: the largest, ``num_random`` random ones (widths without replacement, as
+    the official code draws them) and the smallest.
+
+    The official code draws random depths below the full one (``randint(min, L)``), so a full-depth
+    shape narrower than the largest is never trained, although it is often the best shape for a
+    budget: on the embedded model that left the 8-layer shapes worse after fine-tuning than before
+    (benchmarks/README.md). Here random depths include the full one; ``full_depth_random=False``
+    restores the official draw."""
     rng = random.Random(seed * 1_000_003 + step)
-    depths = [d for d in table.depth.depths() if d < table.depth.num_layers] or table.depth.depths()
+    depths = table.depth.depths()
+    if not full_depth_random:
+        depths = [d for d in depths if d < table.depth.num_layers] or depths
     widths = rng.sample(table.widths, min(num_random, len(table.widths)))
     widths += [rng.choice(table.widths) for _ in range(num_random - len(widths))]
     return [table.largest, *(Shape(rng.choice(depths), w) for w in widths), table.smallest]
@@ -262,7 +272,7 @@ def train_bundle(bundle_path, config: TrainConfig | None = None, smol: SMoLConfi
             # router noise and dropout: the same on every process, so N processes of batch b compute
             # exactly what one process of batch N*b computes (the same windows, in the same order)
             torch.manual_seed(config.seed * 1_000_003 + step * 101)
-            shapes = sandwich(table, step, config.seed, config.num_random)
+            shapes = sandwich(table, step, config.seed, config.num_random, config.full_depth_random)
             losses = torch.zeros(len(shapes), device=accelerator.device)
             for micro in range(config.grad_accum):
                 batch = batches.get(step, micro, rank).to(accelerator.device)
