@@ -109,6 +109,10 @@ def main(argv=None) -> int:
     def perplexities(m) -> dict:
         return {s: round(ppl.evaluate(m, tokenizer, windows=w, source=s)["perplexity"], 3) for s, w in evals.items()}
 
+    def measured(m, extra=None) -> dict:
+        n = sum(p.numel() for p in m.parameters())
+        return {"ppl": perplexities(m), "parameters": n, **(extra or {})}
+
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                         save_every=max(1, args.steps // 4), log_every=max(1, args.steps // 20))
     results.get("dense", lambda: {"ppl": perplexities(model), "parameters": sum(p.numel() for p in model.parameters())})
@@ -141,16 +145,30 @@ def main(argv=None) -> int:
         bundles[name] = Bundle.load(path)
         results.get(f"train/{name}", lambda b=bundles[name]: {"training": b.manifest["training"]})
 
+    # ------------------------------------------------------------------ sanity: the trainer on one shape
+    # SMoL trained on the dense shape alone (no sandwich) against plain LoRA on the dense model: tells
+    # the trainer's own effect apart from the cost of sharing one adapter across shapes
+    dense_only = out / "bundles" / "dense_only"
+    if not (dense_only / "amoeba_bundle.json").exists():
+        windows = get_calibration_dataset(tokenizer, "sotu:train", 2, 32, 0)
+        table, report = run_selection(model, tokenizer, anatomy, windows,
+                                      SelectionConfig(min_layers=anatomy.num_layers, widths=(1.0,)),
+                                      show_progress=False)
+        write_bundle(dense_only, args.model, anatomy, table, report)
+    if not Bundle.load(dense_only).trained:
+        print(f"SMoL on the dense shape only ({args.steps} steps)", flush=True)
+        train_bundle(dense_only, train, smol)
+    full = f"{anatomy.num_layers}x1"
+    results.get(f"{full}/smol_dense_shape_only", lambda: measured(extract(dense_only, shape=full).model))
+    results.get(f"{full}/lora_dense", lambda: measured(lora_finetune(copy.deepcopy(model), tokenizer, train,
+                                                                       rank=args.rank)))
+
     # ------------------------------------------------------------------ per budget
     for budget_value in budgets:
         budget = Budget("nonembed", budget_value)
         choice = choose_shape(bundles["smol"].table, anatomy, budget, bundles["smol"].shape_scores)
         shape = str(choice.shape)
         b = f"nonembed={budget_value:g}"
-
-        def measured(m, extra=None) -> dict:
-            n = sum(p.numel() for p in m.parameters())
-            return {"ppl": perplexities(m), "parameters": n, **(extra or {})}
 
         results.get(f"{b}/shape", lambda: {"shape": shape, "reason": choice.reason,
                                             "summary": bundles["smol"].table.plan(choice.shape, anatomy).summary(anatomy)})
@@ -233,6 +251,12 @@ def markdown(data: dict, budgets: list[float]) -> str:
         if s:
             lines.append(f"| {budget:g} | {e[f'{b}/shape']['shape']} | {s['extraction_seconds']} | "
                          f"{s['dense_ms_per_token']} | {s['extracted_ms_per_token']} | {s['speedup']}x |")
+    full = next((k.split("/")[0] for k in e if k.endswith("/smol_dense_shape_only")), None)
+    if full:
+        lines += ["", f"Sanity check, the dense shape ({full}) alone, same steps: SMoL trained on it without a sandwich "
+                  f"{e[f'{full}/smol_dense_shape_only']['ppl']['sotu:validation']}, plain LoRA "
+                  f"{e[f'{full}/lora_dense']['ppl']['sotu:validation']}, untouched {e['dense']['ppl']['sotu:validation']} "
+                  "(sotu:validation)."]
     train = {k.split("/", 1)[1]: v["training"] for k, v in e.items() if k.startswith("train/")}
     lines += ["", "Fine-tuning runs: " + "; ".join(f"{k} {v['steps']} steps in {v['seconds_this_run']} s"
                                                     for k, v in train.items())]
