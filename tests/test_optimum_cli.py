@@ -35,7 +35,7 @@ def test_register_commands():
     assert issubclass(command, BaseOptimumCLICommand)
     assert command.COMMAND.name == "amoeba"
     names = {c.name for c in command.SUBCOMMANDS}
-    assert {"prune", "inspect", "plugins", "methods", "eval", "export"} <= names
+    assert {"prune", "inspect", "plugins", "methods", "eval", "export", "tasks", "run"} <= names
 
 
 def test_register_file_is_light():
@@ -73,6 +73,16 @@ def test_argparse_forwards_options_to_click(capsys):
         args.func(args).run()
     assert exit_.value.code in (0, None)
     assert '"uniform-magnitude"' in capsys.readouterr().out
+
+
+def test_run_reaches_plugin_commands(capsys):
+    root = _root_with_amoeba()
+    args = root.parser.parse_args(["amoeba", "run", "amoeballm", "select", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        args.func(args).run()
+    assert exit_.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "optimum-cli amoeba run amoeballm select" in out and "--min-layers" in out
 
 
 def test_argparse_forwards_help_and_errors(capsys):

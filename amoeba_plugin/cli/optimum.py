@@ -44,6 +44,25 @@ class _ForwardingCommand(BaseOptimumCLICommand):
         forward(self.COMMAND.name, getattr(self.args, "argv", None) or [])
 
 
+class _RunCommand(_ForwardingCommand):
+    """``optimum-cli amoeba run COMMAND ...``: any ``amoeba`` command, including those plugins add
+    (``amoeballm``, ``extract``, ...), whose names this light module cannot know without importing
+    the plugins."""
+
+    def run(self):
+        from amoeba_plugin.cli.main import main
+
+        argv = list(getattr(self.args, "argv", None) or [])
+        if argv[:1] == ["--"]:
+            argv = argv[1:]
+        if not argv or argv[0].startswith("-") and argv[0] not in _GROUP_FLAGS:
+            main(["--help"], prog_name="optimum-cli amoeba run")
+            return
+        group = [a for a in argv if a in _GROUP_FLAGS]
+        rest = [a for a in argv if a not in _GROUP_FLAGS]
+        main([*group, *rest], prog_name="optimum-cli amoeba run")
+
+
 def _leaf(name: str, help: str) -> CommandInfo:
     cls = type(f"Amoeba{name.capitalize()}Command", (_ForwardingCommand,), {"__doc__": help})
     return CommandInfo(name=name, help=help, subcommand_class=cls)
@@ -61,6 +80,9 @@ class AmoebaCommand(BaseOptimumCLICommand):
         _leaf("eval", "Perplexity of a model, optionally with a plan applied."),
         _leaf("export", "Apply a plan to a model and export the result."),
         _leaf("fetch", "Download a model into the cache (smollm2-135m)."),
+        _leaf("tasks", "List the packaged lm-eval tasks."),
+        CommandInfo(name="run", help="Any amoeba command, including plugin commands: run amoeballm train BUNDLE, "
+                                     "run extract BUNDLE --budget 0.5 -o OUT.", subcommand_class=_RunCommand),
     )
 
 
