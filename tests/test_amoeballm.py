@@ -269,6 +269,15 @@ def test_method_in_the_common_prune_api(embedded):
     assert out.summary["fits_budget"] and "shape" in out.info
 
 
+@pytest.mark.parametrize("bad, match", [({"widths": (1.0, 2.0)}, "widths"), ({"widths": (0.5, 1.0)}, "widths"),
+                                        ({"depth_scorer": "accuracy"}, "unknown depth scorer"),
+                                        ({"depth_scorer": "lm-eval:"}, "needs a task"),
+                                        ({"allocation": "random"}, "allocation")])
+def test_selection_settings_are_checked_before_any_model_loads(bad, match):
+    with pytest.raises(AmoebaError, match=match):
+        SelectionConfig(**bad)
+
+
 def test_cli_select_train_shapes_extract(tmp_path):
     from amoeba_plugin.cli.main import cli
 
@@ -288,6 +297,8 @@ def test_cli_select_train_shapes_extract(tmp_path):
     assert (out / "model.safetensors").exists() and "extracted in" in r.output
     r = runner.invoke(cli, ["extract", str(bundle), "--budget", "nonembed=0.01", "-o", str(tmp_path / "y")])
     assert r.exit_code != 0 and "no shape" in r.output and not (tmp_path / "y").exists()
+    r = runner.invoke(cli, ["amoeballm", "select", EMBEDDED, "-o", str(tmp_path / "z"), "--widths", "1,1.5"])
+    assert r.exit_code != 0 and "widths" in r.output and not (tmp_path / "z").exists()
 
 
 @pytest.mark.slow

@@ -208,26 +208,33 @@ class LMEvalScorer:
                 "max_length": self.max_length}
 
 
+def check_spec(spec: str | None) -> str:
+    """The normalised scorer spec, or the error for an unknown one (cheap: nothing is built)."""
+    spec = "loss" if spec is None else str(spec).strip()
+    kind, _, task = spec.partition(":")
+    if spec in ("loss", "perplexity") or (kind == "lm-eval" and task):
+        return spec
+    if kind == "lm-eval":
+        raise AmoebaError("the lm-eval scorer needs a task: lm-eval:TASK",
+                          "pass e.g. lm-eval:amoeba_sotu_cloze_calib or lm-eval:mmlu")
+    raise AmoebaError(f"unknown depth scorer '{spec}'", f"use one of: {', '.join(SPECS)}")
+
+
 def build_scorer(spec: str, model, tokenizer, anatomy, calibration_windows, seed: int = 0, **options):
     """A scorer from a spec: ``"loss"`` (default), ``"perplexity"`` or ``"lm-eval:TASK"``. ``options`` go
     to its constructor (``batch_size``; for lm-eval also ``num_questions``, ``metric``, ``num_fewshot``,
     ``include_path``, ``max_length``). ``model`` and ``anatomy`` are for scorers that need them at build
     time; the built-in ones take them per call."""
-    spec = "loss" if spec is None else str(spec).strip()
+    spec = check_spec(spec)
     kind, _, task = spec.partition(":")
     try:
         if spec in ("loss", "perplexity"):
             cls = LossScorer if spec == "loss" else PerplexityScorer
             return cls(calibration_windows, **options)
-        if kind == "lm-eval":
-            if not task:
-                raise AmoebaError("the lm-eval scorer needs a task: lm-eval:TASK",
-                                  "pass e.g. lm-eval:amoeba_sotu_cloze_calib or lm-eval:mmlu")
-            return LMEvalScorer(tokenizer, task, seed=seed, **options)
+        return LMEvalScorer(tokenizer, task, seed=seed, **options)
     except TypeError as exc:
         raise AmoebaError(f"the '{spec}' scorer does not take these options ({exc})",
                           "check the scorer's options (see amoeba_amoeballm.scorers)") from None
-    raise AmoebaError(f"unknown depth scorer '{spec}'", f"use one of: {', '.join(SPECS)}")
 
 
-__all__ = ["LMEvalScorer", "LossScorer", "PerplexityScorer", "build_scorer", "layer_plan", "stratified_indices"]
+__all__ = ["LMEvalScorer", "LossScorer", "PerplexityScorer", "build_scorer", "check_spec", "layer_plan", "stratified_indices"]

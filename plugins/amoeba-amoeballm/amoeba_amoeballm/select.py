@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field
 from amoeba_plugin.errors import AmoebaError
 
 from .depth import dp_layer_selection
-from .scorers import build_scorer
+from .scorers import build_scorer, check_spec
 from .shapes import SelectionTable
-from .width import check_widths, select_widths
+from .width import ALLOCATIONS, check_widths, select_widths
 
 #: the official width list with 1/2 added, so half-size subnets exist at every depth
 DEFAULT_WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5)
@@ -28,6 +28,15 @@ class SelectionConfig:
     allocation: str = "global"        # global (FLAP, per-layer widths) | uniform (stock HF exports)
     width_metric: str = "fluctuation"
     bias_compensation: bool = True
+
+    def __post_init__(self):
+        """Everything that can be checked before a model is loaded."""
+        self.widths = tuple(check_widths(self.widths))
+        self.depth_scorer = check_spec(self.depth_scorer)
+        if self.allocation not in ALLOCATIONS:
+            raise AmoebaError(f"unknown width allocation '{self.allocation}'", f"use one of: {', '.join(ALLOCATIONS)}")
+        if isinstance(self.keep_last, bool) or not isinstance(self.keep_last, int) or self.keep_last < 0:
+            raise AmoebaError(f"keep_last must be a non-negative integer, got {self.keep_last!r}", "pass e.g. --keep-last 1")
 
     def resolved_min_layers(self, num_layers: int) -> int:
         value = self.min_layers if self.min_layers is not None else max(self.keep_last, math.ceil(num_layers / 2))
