@@ -128,12 +128,16 @@ def shape_rows(table: SelectionTable, anatomy, scores: dict | None = None, laten
     return rows
 
 
-def choose_shape(table: SelectionTable, anatomy, budget: Budget, scores: dict | None = None,
-                 latency: dict | None = None) -> Choice:
-    """The best shape that meets ``budget`` (see the module docstring for "best")."""
+def _check_budget_kind(budget: Budget) -> None:
     if budget.kind == "shape":
         raise InvalidBudgetError("an AmoebaLLM bundle holds (depth, width) shapes, not exact head counts",
                                  "pass --shape DEPTHxWIDTH, or a params/nonembed/count/macs/latency budget")
+
+
+def choose_shape(table: SelectionTable, anatomy, budget: Budget, scores: dict | None = None,
+                 latency: dict | None = None) -> Choice:
+    """The best shape that meets ``budget`` (see the module docstring for "best")."""
+    _check_budget_kind(budget)
     fits, size = [], {}
     for shape in table.shapes():
         plan = table.plan(shape, anatomy)
@@ -205,12 +209,16 @@ def extract(bundle_path, budget: str | Budget | None = None, shape: str | Shape 
         raise AmoebaError("extraction needs exactly one of a budget and a shape",
                           "pass --budget (e.g. 0.5, nonembed=0.6, macs=0.5, latency=0.6) or --shape DEPTHxWIDTH")
     bundle = Bundle.load(bundle_path)
-    model, tokenizer, anatomy = bundle.load_base(dtype=dtype, device=device)
     table = bundle.table
-    if shape is not None:
-        choice = Choice(table.check(Shape.parse(shape)), "requested")
+    if shape is not None:  # bad input fails before the base model loads
+        shape = table.check(Shape.parse(shape))
     else:
         budget = Budget.parse(budget)
+        _check_budget_kind(budget)
+    model, tokenizer, anatomy = bundle.load_base(dtype=dtype, device=device)
+    if shape is not None:
+        choice = Choice(shape, "requested")
+    else:
         lat = latency_table(bundle, model, anatomy) if budget.is_latency else None
         choice = choose_shape(table, anatomy, budget, bundle.shape_scores, lat)
     chosen = time.perf_counter()
