@@ -1,0 +1,70 @@
+"""Reformation: exact least squares and ADMM agree, lower the output error, and fold into slicing."""
+import pytest
+import torch
+from conftest import make_tiny
+
+from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.plan import LayerPlan, Plan, source_info
+from amoeba_plugin.reformation import output_error, reform_columns, reformation_patch
+from amoeba_plugin.surgery import apply_soft, slice_model
+
+
+def _problem(seed=0, n=512, d=64, out=32):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g, dtype=torch.float64)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) @ mix  # correlated inputs
+    w = torch.randn(out, d, generator=g, dtype=torch.float64)
+    kept = sorted(torch.randperm(d, generator=g)[:40].tolist())
+    return w, x, x.T @ x, kept
+
+
+def test_exact_solution_is_the_least_squares_fit_on_the_kept_columns():
+    w, x, gram, kept = _problem()
+    reformed = reform_columns(w, gram, kept, damping=0.0)
+    want = torch.linalg.lstsq(x[:, kept], x @ w.T).solution.T  # min ||X_K Ŵ_Kᵀ - X Wᵀ||
+    assert torch.allclose(reformed, want, atol=1e-6)
+    assert output_error(w, gram, kept, reformed) < output_error(w, gram, kept)
+
+
+def test_admm_converges_to_the_exact_solution():
+    w, _, gram, kept = _problem(1)
+    exact = reform_columns(w, gram, kept, damping=1e-8)
+    admm = reform_columns(w, gram, kept, solver="admm", damping=1e-8, rho=1.0, iterations=2000)
+    assert torch.allclose(admm, exact, atol=1e-4, rtol=1e-4)
+    paper = reform_columns(w, gram, kept, solver="admm", rho=1.0, iterations=30)  # the paper's setting
+    dropped, best = output_error(w, gram, kept), output_error(w, gram, kept, exact)
+    assert best <= output_error(w, gram, kept, paper) < dropped
+
+
+def test_bad_input_is_refused():
+    w, _, gram, kept = _problem()
+    with pytest.raises(AmoebaError, match="solver"):
+        reform_columns(w, gram, kept, solver="sgd")
+    with pytest.raises(AmoebaError, match="Gram"):
+        reform_columns(w, gram[:10, :10], kept)
+    with pytest.raises(AmoebaError, match="kept columns"):
+        reform_columns(w, gram, [])
+
+
+def test_reformation_patch_folds_into_the_sliced_model_and_helps():
+    model = make_tiny("llama")
+    anatomy = anatomy_of(model)
+    windows = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
+    layers = [LayerPlan(l.index, kv_groups=[0], query_heads=[[0, 2]], mlp_channels=list(range(0, 96, 2)))
+              for l in anatomy.layers]
+    plan = Plan(layers, source=source_info(anatomy))
+    report = {}
+    patch = reformation_patch(model, anatomy, plan, windows, report=report)
+    assert set(patch) == {f"{anatomy.layer(i).modules[r]}.weight" for i in range(4) for r in ("o", "down")}
+    assert all(r["reformed"] < r["dropped"] for r in report.values())
+    ids = windows[:2]
+    sliced = slice_model(model, anatomy, plan, patch=patch)
+    with torch.no_grad(), apply_soft(model, anatomy, plan, patch=patch):
+        masked = model(input_ids=ids).logits
+    with torch.no_grad():
+        assert torch.allclose(sliced(input_ids=ids).logits, masked, atol=1e-5)
+        dense = model(input_ids=windows).logits
+        plain = slice_model(model, anatomy, plan)(input_ids=windows).logits
+        reformed = sliced(input_ids=windows).logits
+    assert (reformed - dense).norm() < (plain - dense).norm()
