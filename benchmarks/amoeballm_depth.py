@@ -23,7 +23,6 @@ Usage: ``python benchmarks/amoeballm_depth.py --threads 1``
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from amoeba_amoeballm.depth import DepthTable, dp_layer_selection, expected_evaluations  # noqa: E402
 from amoeba_amoeballm.scorers import LMEvalScorer, LossScorer, layer_plan  # noqa: E402
-from compare_methods import machine_info, versions, write_json_atomic  # noqa: E402
+from compare_methods import machine_info, restored_settings, versions, write_json_atomic  # noqa: E402
 
 from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
 from amoeba_plugin.data import calibration_windows, eval_windows  # noqa: E402
@@ -254,21 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(f"[amoeballm-depth] {message}", file=sys.stderr, flush=True)
 
-    saved_threads, saved_env = torch.get_num_threads(), os.environ.get("AMOEBA_PROGRESS")
-    if args.quiet:
-        os.environ["AMOEBA_PROGRESS"] = "0"
     try:
-        data = run(args, log)
+        with restored_settings(args.quiet):
+            data = run(args, log)
     except AmoebaError as exc:
         print(f"amoeballm_depth: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        torch.set_num_threads(saved_threads)
-        if args.quiet:
-            if saved_env is None:
-                os.environ.pop("AMOEBA_PROGRESS", None)
-            else:
-                os.environ["AMOEBA_PROGRESS"] = saved_env
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / f"{args.name}.json", data)
     (args.out / f"{args.name}.md").write_text(markdown(data))

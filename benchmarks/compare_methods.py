@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
@@ -884,17 +885,26 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(f"[compare] {message}", file=sys.stderr, flush=True)
 
-    saved, threads = os.environ.get("AMOEBA_PROGRESS"), torch.get_num_threads()
-    if args.quiet:
-        os.environ["AMOEBA_PROGRESS"] = "0"
     try:
-        return run(args, log)
+        with restored_settings(args.quiet):
+            return run(args, log)
     except AmoebaError as exc:
         print(f"compare_methods: error: {exc}", file=sys.stderr)
         return 2
+
+
+@contextmanager
+def restored_settings(quiet: bool):
+    """Progress bars off when ``quiet``; torch's thread count and ``AMOEBA_PROGRESS`` restored after
+    (benchmarks run in-process from tests, so they must leave both as they found them)."""
+    saved, threads = os.environ.get("AMOEBA_PROGRESS"), torch.get_num_threads()
+    if quiet:
+        os.environ["AMOEBA_PROGRESS"] = "0"
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
-        if args.quiet:
+        if quiet:
             if saved is None:
                 os.environ.pop("AMOEBA_PROGRESS", None)
             else:

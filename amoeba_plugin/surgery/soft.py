@@ -58,6 +58,10 @@ def _scale_input(m: torch.Tensor):
     return lambda module, args: (args[0] * m, *args[1:])
 
 
+def _bias_delta(delta: torch.Tensor):
+    return lambda module, args, out: out + delta.to(out.dtype)
+
+
 def _patched_linear(weight, bias):
     def hook(module, args, out):
         return F.linear(args[0], module.weight if weight is None else weight.to(out.dtype),
@@ -90,7 +94,14 @@ def apply_soft(model, anatomy: Anatomy, plan: Plan, patch: dict | None = None) -
     kept = {lp.index: lp for lp in r.layers}
     for owner in sorted({name.rpartition(".")[0] for name in patch}):
         w, b = patch.get(f"{owner}.weight"), patch.get(f"{owner}.bias")
-        handle._hook(get(owner).register_forward_hook(_patched_linear(w, b)))
+        module = get(owner)
+        if w is None:  # a new bias only: add the difference, so whatever the module computes (a peft
+            # wrapper's base + adapters, say) is kept
+            old = getattr(module, "bias", None)
+            delta = b.detach() if old is None else (b - old).detach()
+            handle._hook(module.register_forward_hook(_bias_delta(delta)))
+        else:
+            handle._hook(module.register_forward_hook(_patched_linear(w, b)))
     hidden_mask = None
     if plan.hidden_channels is not None:
         hidden_mask = mask(anatomy.hidden_size, r.hidden_channels, like)

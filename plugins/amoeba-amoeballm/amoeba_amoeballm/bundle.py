@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from amoeba_plugin import __version__ as host_version
@@ -48,7 +48,6 @@ class Bundle:
     path: Path
     manifest: dict
     table: SelectionTable
-    extra: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ reading
     @classmethod

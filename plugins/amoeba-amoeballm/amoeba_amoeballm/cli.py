@@ -134,8 +134,6 @@ def train(bundle, steps, batch_size, grad_accum, lr, source, seq_len, pool, rand
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def shapes(bundle, as_json):
     """Every (depth, width) of a bundle: parameters, MACs, score and this machine's latency if measured."""
-    from amoeba_plugin.anatomy import anatomy_of
-
     from .bundle import LATENCY, Bundle
     from .extract import machine_key, shape_rows
 
@@ -144,7 +142,7 @@ def shapes(bundle, as_json):
     key, _ = machine_key("cpu", next(model.parameters()).dtype)
     path = b.path / LATENCY / f"{key}.json"
     latency = json.loads(path.read_text()) if path.exists() else None
-    rows = shape_rows(b.table, anatomy_of(model), b.shape_scores, latency)
+    rows = shape_rows(b.table, anatomy, b.shape_scores, latency)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return

@@ -13,7 +13,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -104,7 +104,6 @@ def latency_table(bundle: Bundle, model=None, anatomy=None, *, rebuild: bool = F
 class Choice:
     shape: Shape
     reason: str
-    candidates: list[dict] = field(default_factory=list)
 
 
 def shape_rows(table: SelectionTable, anatomy, scores: dict | None = None, latency: dict | None = None) -> list[dict]:
@@ -151,7 +150,6 @@ def choose_shape(table: SelectionTable, anatomy, budget: Budget, scores: dict | 
             ok, size[shape] = budget.fits(plan, anatomy), budget.measure(plan, anatomy)
         if ok:
             fits.append(shape)
-    rows = shape_rows(table, anatomy, scores, latency)
     if not fits:
         smallest = min(table.shapes(), key=lambda s: (-size[s] if budget.is_latency else size[s]))
         unit = "ms per token" if budget.is_latency else budget.kind
@@ -165,7 +163,7 @@ def choose_shape(table: SelectionTable, anatomy, budget: Budget, scores: dict | 
     else:
         best = max(fits, key=lambda s: (size[s], s.depth))
         reason = f"closest to the budget among {len(fits)} shapes that fit (the bundle has no shape scores)"
-    return Choice(best, reason, rows)
+    return Choice(best, reason)
 
 
 # ---------------------------------------------------------------------- extraction

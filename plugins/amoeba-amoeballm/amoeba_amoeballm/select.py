@@ -53,7 +53,7 @@ def run_selection(model, tokenizer, anatomy, windows, config: SelectionConfig, s
                   show_progress: bool = True) -> tuple[SelectionTable, dict]:
     """Depth by the DP (scored by ``config.depth_scorer`` on ``windows`` or an lm-eval task), width
     by fluctuation scores on the same windows. Returns the table and a report (evaluations, times)."""
-    widths = check_widths(config.widths)
+    widths = list(config.widths)  # checked by SelectionConfig
     min_layers = config.resolved_min_layers(anatomy.num_layers)
     scorer = build_scorer(config.depth_scorer, model, tokenizer, anatomy, windows, seed, **config.scorer_options)
     began = time.perf_counter()

@@ -6,7 +6,6 @@ selection, computed once at full depth and reused at every depth, as the officia
 """
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from amoeba_plugin.plan import Plan, source_info
 from amoeba_plugin.surgery import apply_soft
 
 from .depth import DepthTable
+from .smol import shape_encoding
 
 
 @dataclass(frozen=True, order=True)
@@ -94,10 +94,9 @@ class SelectionTable:
     def encoding(self, shape: Shape) -> torch.Tensor:
         """The router's input: the layer mask (1 = kept) followed by the width's one-hot."""
         shape = self.check(shape)
-        mask = torch.zeros(self.depth.num_layers + len(self.widths))
-        mask[self.depth.kept_layers(shape.depth)] = 1
-        mask[self.depth.num_layers + self.widths.index(shape.width)] = 1
-        return mask
+        kept = set(self.depth.kept_layers(shape.depth))
+        mask = [float(i in kept) for i in range(self.depth.num_layers)]
+        return shape_encoding(mask, self.widths.index(shape.width), len(self.widths))
 
     @property
     def encoding_dim(self) -> int:
@@ -123,29 +122,11 @@ class SelectionTable:
         return cls(DepthTable.from_dict(data["depth"]), widths, plans, biases, data.get("allocation", "global"))
 
 
-def _add_bias(b: torch.Tensor):
-    return lambda module, args, out: out + b.to(out.dtype)
-
-
-@contextlib.contextmanager
 def apply_shape(model, anatomy, table: SelectionTable, shape: Shape):
     """Make ``model`` (the base, possibly wrapped by peft in place) compute the shape's subnet:
     layers skipped, heads and channels masked, compensation biases added to o/down outputs. The
-    masked forward equals the extracted model's (tested); everything is undone on exit."""
-    plan = table.plan(shape, anatomy)
-    handles = []
-    with apply_soft(model, anatomy, plan):
-        try:
-            for name, b in table.patch(shape, anatomy).items():
-                module = model.get_submodule(name.rsplit(".", 1)[0])
-                original = getattr(module, "bias", None)
-                if original is not None:  # the patch holds the whole new bias: add only the difference
-                    b = b - original.detach()
-                handles.append(module.register_forward_hook(_add_bias(b.detach())))
-            yield plan
-        finally:
-            for h in handles:
-                h.remove()
+    masked forward equals the extracted model's (tested); leaving the ``with`` block undoes it."""
+    return apply_soft(model, anatomy, table.plan(shape, anatomy), patch=table.patch(shape, anatomy))
 
 
 __all__ = ["SelectionTable", "Shape", "apply_shape"]

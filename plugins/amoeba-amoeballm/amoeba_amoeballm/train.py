@@ -20,7 +20,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -69,11 +69,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # ---------------------------------------------------------------------- losses
@@ -338,14 +333,16 @@ def train_bundle(bundle_path, config: TrainConfig | None = None, smol: SMoLConfi
     return summary
 
 
-def score_shapes(model, anatomy, table: SelectionTable, windows: torch.Tensor, adapter=None) -> dict[str, float]:
-    """Mean LM loss of every shape on ``windows``: the signal extraction uses to pick the best shape
-    under a budget (training-source windows, so a ranking signal, never a reported score)."""
+def score_shapes(model, anatomy, table: SelectionTable, windows: torch.Tensor, adapter=None,
+                 shapes: list[Shape] | None = None) -> dict[str, float]:
+    """Mean LM loss of every shape (or of ``shapes``) on ``windows``: the signal extraction uses to
+    pick the best shape under a budget (training-source windows: a ranking signal, never a reported
+    score)."""
     from amoeba_plugin.metrics.loss import lm_loss
 
     scores = {}
     with torch.no_grad():
-        for shape in table.shapes():
+        for shape in table.shapes() if shapes is None else shapes:
             if adapter is not None:
                 adapter.set_shape(table.encoding(shape).to(next(model.parameters()).device))
             with apply_shape(model, anatomy, table, shape):
@@ -359,32 +356,29 @@ def read_log(bundle_path) -> list[dict]:
 
 
 def lora_finetune(model, tokenizer, config: TrainConfig, rank: int = 8, alpha: float = 16.0):
-    """Plain peft LoRA on every decoder linear of ``model`` for ``config.steps`` steps on the same
-    batches the one-for-all run sees, then merged: the per-subnet and baseline fine-tuning of the
-    benchmarks (the paper fine-tunes each baseline with LoRA on the same data and steps)."""
-    from peft import LoraConfig, get_peft_model
-
+    """Plain peft LoRA (a one-expert SMoL adapter: the same linears, peft's own forward) on ``model``
+    for ``config.steps`` steps on the same batches the one-for-all run sees, then merged: the
+    per-subnet and baseline fine-tuning of the benchmarks (the paper fine-tunes each baseline with
+    LoRA on the same data and steps)."""
     from amoeba_plugin.anatomy import anatomy_of
 
-    anatomy = anatomy_of(model)
-    targets = sorted({anatomy.layer(l.index).modules[r] for l in anatomy.layers
-                      for r in ("q", "k", "v", "o", "gate", "up", "down") if r in l.modules})
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0))
-    params = [p for p in peft_model.parameters() if p.requires_grad]
+    adapter = SMoLAdapter.create(model, anatomy_of(model), SMoLConfig(num_experts=1, rank=rank, alpha=alpha, top_k=1),
+                                 encoding_dim=1, seed=config.seed)
+    params = [p for _, p in adapter.trainable_parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     batches = WindowBatches(training_windows(tokenizer, config), config.batch_size, config.grad_accum, 1, config.seed)
-    peft_model.train()
+    adapter.train()
     for step in range(config.steps):
         torch.manual_seed(config.seed * 1_000_003 + step * 101)
         for micro in range(config.grad_accum):
             batch = batches.get(step, micro, 0)
-            loss = causal_lm_loss(peft_model(input_ids=batch, use_cache=False).logits, batch)
+            loss = causal_lm_loss(adapter.model(input_ids=batch, use_cache=False).logits, batch)
             (loss / config.grad_accum).backward()
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return peft_model.merge_and_unload().eval()
+    return adapter.model.merge_and_unload().eval()
 
 
 __all__ = ["TrainConfig", "causal_lm_loss", "distillation_loss", "lora_finetune", "read_log", "sandwich",
