@@ -32,6 +32,10 @@ class LayerAnatomy:
     modules: dict[str, str] = field(hash=False, compare=True)
     #: head channels actually present (indices into the source head_dim), None means all of them
     head_channels: tuple[int, ...] | None = None
+    #: channels per head of each KV group when the groups differ (a searched subnet packs its heads:
+    #: group g's K/V head and query heads have ``group_head_dims[g]`` rows each); ``head_dim`` is the
+    #: largest. None: every head has ``head_dim`` rows
+    group_head_dims: tuple[int, ...] | None = None
 
     @property
     def has_attention(self) -> bool:
@@ -44,6 +48,22 @@ class LayerAnatomy:
     @property
     def queries_per_group(self) -> int:
         return self.num_query_heads // self.num_kv_groups if self.num_kv_groups else 0
+
+    def group_dims(self) -> list[int]:
+        """Rows per head of each KV group, as laid out in the model's weights."""
+        if self.group_head_dims is not None:
+            return list(self.group_head_dims)
+        return [self.head_dim] * self.num_kv_groups
+
+    @property
+    def q_width(self) -> int:
+        """Rows of q_proj (= columns of o_proj)."""
+        return self.queries_per_group * sum(self.group_dims())
+
+    @property
+    def kv_width(self) -> int:
+        """Rows of k_proj (= rows of v_proj)."""
+        return sum(self.group_dims())
 
 
 @dataclass(frozen=True)
@@ -82,7 +102,7 @@ class Anatomy:
     def describe(self) -> dict:
         """Plain summary for ``amoeba inspect``."""
         first = self.layers[0] if self.layers else None
-        uniform = len({(l.num_query_heads, l.num_kv_groups, l.head_dim, l.intermediate_size)
+        uniform = len({(l.num_query_heads, l.num_kv_groups, l.head_dim, l.intermediate_size, l.group_head_dims)
                        for l in self.layers}) <= 1
         out = {"family": self.family, "model_type": self.model_type, "layers": self.num_layers,
                "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
@@ -93,7 +113,8 @@ class Anatomy:
                        head_dim=first.head_dim, intermediate_size=first.intermediate_size)
         else:
             out["per_layer"] = [dict(query_heads=l.num_query_heads, kv_groups=l.num_kv_groups,
-                                     head_dim=l.head_dim, intermediate_size=l.intermediate_size)
+                                     head_dim=l.head_dim, intermediate_size=l.intermediate_size,
+                                     **({"group_head_dims": list(l.group_head_dims)} if l.group_head_dims else {}))
                                 for l in self.layers]
         return out
 

@@ -2,7 +2,8 @@
 
 A plan lists the *kept* units, by index into the source model (the model the plan was made for):
 the kept layers, and per kept layer the kept KV groups, the kept query heads inside each kept group,
-optionally the kept channels inside every head (RoPE pairs only), and the kept MLP channels;
+optionally the kept channels inside the heads (RoPE pairs only; one list for every head, or one list
+per kept KV group, shared by the group's K/V head and its query heads), and the kept MLP channels;
 optionally the kept hidden channels. A layer whose ``kv_groups`` is empty has no attention; one
 whose ``mlp_channels`` is empty has no MLP. ``None`` always means "all of them".
 """
@@ -18,7 +19,8 @@ from .anatomy import Anatomy, LayerAnatomy
 from .errors import PlanError
 
 FORMAT = "amoeba-plan"
-VERSION = 1
+#: 2 added per-KV-group head channels; a plan without them is still written as version 1
+VERSION = 2
 
 
 @dataclass
@@ -29,9 +31,15 @@ class LayerPlan:
     kv_groups: list[int] | None = None
     #: per kept KV group, the kept query heads (indices inside the group); equal lengths (GQA)
     query_heads: list[list[int]] | None = None
-    #: kept channels inside every head (indices into head_dim); must keep RoPE pairs j, j + head_dim/2
-    head_channels: list[int] | None = None
+    #: kept channels inside the heads (indices into head_dim), keeping RoPE pairs j, j + head_dim/2:
+    #: one list for every head, or a list of lists, one per kept KV group (its K/V head and queries)
+    head_channels: list[int] | list[list[int]] | None = None
     mlp_channels: list[int] | None = None
+
+    @property
+    def per_group_channels(self) -> bool:
+        """True when ``head_channels`` holds one list per kept KV group."""
+        return bool(self.head_channels) and isinstance(self.head_channels[0], list)
 
     def resolved(self, layer: LayerAnatomy) -> LayerPlan:
         """The same plan with every ``None`` expanded to explicit indices."""
@@ -40,9 +48,28 @@ class LayerPlan:
             queries = [list(range(layer.queries_per_group)) for _ in groups]
         else:
             queries = [list(q) for q in self.query_heads]
-        channels = list(range(layer.head_dim)) if self.head_channels is None else list(self.head_channels)
+        if self.head_channels is None:
+            if layer.group_head_dims is not None:
+                channels = [list(range(layer.group_head_dims[g])) for g in groups]
+            else:
+                channels = list(range(layer.head_dim))
+        elif self.per_group_channels:
+            channels = [list(c) for c in self.head_channels]
+        else:
+            channels = list(self.head_channels)
         mlp = list(range(layer.intermediate_size)) if self.mlp_channels is None else list(self.mlp_channels)
         return LayerPlan(self.index, groups, queries, channels, mlp)
+
+    def group_channels(self) -> list[list[int]]:
+        """Of a resolved plan: the kept head channels of each kept KV group, one list per group."""
+        if self.per_group_channels:
+            return [list(c) for c in self.head_channels]
+        return [list(self.head_channels) for _ in self.kv_groups]
+
+    def widths(self) -> tuple[int, int]:
+        """Of a resolved plan: the rows kept in q_proj (= o_proj columns) and in k_proj (= v_proj)."""
+        channels = self.group_channels()
+        return (sum(len(q) * len(c) for q, c in zip(self.query_heads, channels)), sum(len(c) for c in channels))
 
 
 @dataclass
@@ -70,7 +97,8 @@ class Plan:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "source": self.source,
+        version = VERSION if any(lp.per_group_channels for lp in self.layers) else 1
+        return {"format": FORMAT, "version": version, "source": self.source,
                 "layers": [asdict(l) for l in self.layers], "hidden_channels": self.hidden_channels,
                 "output_bias": self.output_bias, "provenance": self.provenance}
 
@@ -138,18 +166,21 @@ class Plan:
 
     # ------------------------------------------------------------------ accounting
     def shape(self, anatomy: Anatomy) -> list[dict]:
-        """Per kept layer: query heads, KV groups, head_dim, intermediate size."""
+        """Per kept layer: query heads, KV groups, head_dim (the widest group's, when groups keep
+        different channels), intermediate size, and the kept rows of q_proj and of k_proj."""
         out = []
         for lp in self.layers:
             r = lp.resolved(anatomy.layer(lp.index))
+            q_width, kv_width = r.widths() if r.kv_groups else (0, 0)
             out.append({"index": lp.index, "query_heads": sum(len(q) for q in r.query_heads),
-                        "kv_groups": len(r.kv_groups), "head_dim": len(r.head_channels) if r.kv_groups else 0,
-                        "intermediate_size": len(r.mlp_channels)})
+                        "kv_groups": len(r.kv_groups),
+                        "head_dim": max(len(c) for c in r.group_channels()) if r.kv_groups else 0,
+                        "intermediate_size": len(r.mlp_channels), "q_width": q_width, "kv_width": kv_width})
         return out
 
     def is_uniform(self, anatomy: Anatomy) -> bool:
         """True when every kept layer has the same shape and keeps both attention and MLP."""
-        shapes = {(s["query_heads"], s["kv_groups"], s["head_dim"], s["intermediate_size"])
+        shapes = {(s["query_heads"], s["kv_groups"], s["head_dim"], s["intermediate_size"], s["q_width"])
                   for s in self.shape(anatomy)}
         return len(shapes) <= 1 and all(s[1] > 0 and s[3] > 0 for s in shapes)
 
@@ -159,11 +190,13 @@ class Plan:
         total = hidden  # final norm
         for s, lp in zip(self.shape(anatomy), self.layers):
             layer = anatomy.layer(lp.index)
-            nq, nkv, hd, inter = s["query_heads"], s["kv_groups"], s["head_dim"], s["intermediate_size"]
+            nkv, hd, inter = s["kv_groups"], s["head_dim"], s["intermediate_size"]
+            q_width, kv_width = s["q_width"], s["kv_width"]
             if nkv:
                 total += hidden  # input norm
-                total += hidden * hd * (nq + 2 * nkv) + nq * hd * hidden
-                total += sum(n * hd for role, n in (("q", nq), ("k", nkv), ("v", nkv)) if role in anatomy.biases)
+                total += hidden * (q_width + 2 * kv_width) + q_width * hidden
+                total += sum(n for role, n in (("q", q_width), ("k", kv_width), ("v", kv_width))
+                             if role in anatomy.biases)
                 if "o" in anatomy.biases or self.output_bias:
                     total += hidden
                 if "q_norm" in layer.modules:
@@ -182,9 +215,9 @@ class Plan:
         hidden = anatomy.hidden_size if self.hidden_channels is None else len(self.hidden_channels)
         macs = anatomy.vocab_size * hidden
         for s in self.shape(anatomy):
-            nq, nkv, hd, inter = s["query_heads"], s["kv_groups"], s["head_dim"], s["intermediate_size"]
-            macs += hidden * hd * (nq + 2 * nkv) + nq * hd * hidden + 3 * hidden * inter
-            macs += 2 * nq * hd * context
+            q_width, kv_width = s["q_width"], s["kv_width"]
+            macs += hidden * (q_width + 2 * kv_width) + q_width * hidden + 3 * hidden * s["intermediate_size"]
+            macs += 2 * q_width * context
         return macs
 
     def summary(self, anatomy: Anatomy) -> dict:
@@ -217,6 +250,15 @@ def _check_indices(idx, size: int, what: str, allow_empty: bool = True) -> None:
         raise PlanError(f"{what} cannot be empty", "keep at least one")
 
 
+def _check_rope_pairs(channels: list[int], head_dim: int, what: str) -> None:
+    half = head_dim // 2
+    kept = set(channels)
+    broken = [j for j in channels if (j + half if j < half else j - half) not in kept]
+    if broken:
+        raise PlanError(f"{what}: channel {broken[0]} is kept without its RoPE partner "
+                        f"{(broken[0] + half) % head_dim}", "keep channels j and j + head_dim/2 together")
+
+
 def _validate_layer(lp: LayerPlan, anatomy: Anatomy) -> None:
     layer = anatomy.layer(lp.index)
     where = f"layer {lp.index}"
@@ -234,20 +276,22 @@ def _validate_layer(lp: LayerPlan, anatomy: Anatomy) -> None:
                             f"({[len(q) for q in lp.query_heads]}); grouped-query attention needs equal counts",
                             "keep the same number of query heads in every kept group")
     if lp.head_channels is not None:
-        _check_indices(lp.head_channels, layer.head_dim, f"{where} head channels", allow_empty=False)
+        if layer.head_channels is not None or layer.group_head_dims is not None:
+            raise PlanError(f"{where} already has pruned head channels", "prune whole heads in this model")
         if anatomy.qk_norm:
             raise PlanError(f"{where} prunes channels inside heads, but this model normalises q and k over "
                             "the whole head (q_norm/k_norm), so the sliced model could not match",
                             "prune whole heads or KV groups instead")
-        if anatomy.rope and layer.head_channels is None:
-            half = layer.head_dim // 2
-            kept = set(lp.head_channels)
-            broken = [j for j in kept if (j + half if j < half else j - half) not in kept]
-            if broken:
-                raise PlanError(f"{where} keeps head channel {broken[0]} without its RoPE partner "
-                                f"{(broken[0] + half) % layer.head_dim}",
-                                "keep channels j and j + head_dim/2 together")
-        elif layer.head_channels is not None:
-            raise PlanError(f"{where} already has pruned head channels", "prune whole heads in this model")
+        if lp.per_group_channels:
+            if len(lp.head_channels) != groups:
+                raise PlanError(f"{where} lists head channels for {len(lp.head_channels)} KV groups but keeps "
+                                f"{groups}", "give one list of head channels per kept KV group")
+            lists = [(c, f"{where} head channels of kept KV group {i}") for i, c in enumerate(lp.head_channels)]
+        else:
+            lists = [(lp.head_channels, f"{where} head channels")]
+        for channels, what in lists:
+            _check_indices(channels, layer.head_dim, what, allow_empty=False)
+            if anatomy.rope:
+                _check_rope_pairs(channels, layer.head_dim, what)
     if lp.mlp_channels is not None:
         _check_indices(lp.mlp_channels, layer.intermediate_size, f"{where} MLP channels")

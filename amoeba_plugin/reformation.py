@@ -95,7 +95,7 @@ def _pieces(plan, anatomy):
         layer = anatomy.layer(lp.index)
         if layer.has_attention and lp.kv_groups:
             kept = query_rows(lp, layer)
-            if len(kept) < layer.num_query_heads * layer.head_dim:
+            if len(kept) < layer.q_width:
                 yield layer, "o", kept
         if layer.has_mlp and lp.mlp_channels and len(lp.mlp_channels) < layer.intermediate_size:
             yield layer, "down", list(lp.mlp_channels)

@@ -1,4 +1,5 @@
 """Plans: validation errors that name the fix, JSON round trips, exact accounting."""
+import json
 import pytest
 import torch
 
@@ -173,8 +174,10 @@ def test_shape_and_resolved(anatomies):
     _, anatomy = anatomies("llama")
     plan = Plan([LayerPlan(0, kv_groups=[1], query_heads=[[2, 3]]), LayerPlan(1, kv_groups=[])])
     assert plan.shape(anatomy) == [
-        {"index": 0, "query_heads": 2, "kv_groups": 1, "head_dim": 8, "intermediate_size": 96},
-        {"index": 1, "query_heads": 0, "kv_groups": 0, "head_dim": 0, "intermediate_size": 96},
+        {"index": 0, "query_heads": 2, "kv_groups": 1, "head_dim": 8, "intermediate_size": 96,
+         "q_width": 16, "kv_width": 8},
+        {"index": 1, "query_heads": 0, "kv_groups": 0, "head_dim": 0, "intermediate_size": 96,
+         "q_width": 0, "kv_width": 0},
     ]
     r = plan.resolved(anatomy)
     assert r.layers[0].query_heads == [[2, 3]] and r.layers[1].query_heads == []
@@ -191,3 +194,20 @@ def test_full_plan_records_source(anatomies):
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(1.0)  # no change: same fingerprint
     assert anatomy_of(model).fingerprint == anatomy.fingerprint
+
+
+def test_per_group_channels_round_trip_and_count(anatomies):
+    """One channel list per kept KV group: JSON round-trip (written as plan version 2), widths, and
+    exact parameter and MAC counts (each group's heads keep only their own channels)."""
+    _, anatomy = anatomies("llama")  # 8 query heads in 2 groups, head_dim 8, hidden 64
+    plan = Plan([LayerPlan(0, head_channels=[[0, 4], [1, 2, 5, 6]]), LayerPlan(1)])
+    plan.validate(anatomy)
+    data = json.loads(plan.to_json())
+    assert data["version"] == 2 and Plan.from_json(plan.to_json()).to_dict() == plan.to_dict()
+    assert json.loads(Plan([LayerPlan(0)]).to_json())["version"] == 1  # nothing new: readable by older releases
+    s0 = plan.shape(anatomy)[0]
+    assert (s0["head_dim"], s0["q_width"], s0["kv_width"]) == (4, 4 * 2 + 4 * 4, 2 + 4)
+    full = Plan([LayerPlan(0), LayerPlan(1)])
+    saved_rows = (64 - 24) * 64 * 2 + (16 - 6) * 64 * 2  # q + o, and k + v
+    assert full.num_parameters(anatomy) - plan.num_parameters(anatomy) == saved_rows
+    assert full.macs_per_token(anatomy) - plan.macs_per_token(anatomy) == saved_rows

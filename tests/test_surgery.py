@@ -32,6 +32,11 @@ PLANS = {
     # RoPE rotates channel j with j + head_dim/2 = j + 4: keep pairs
     "head-channels": lambda: Plan(_layers(l0={"head_channels": [0, 2, 4, 6]},
                                           l2={"head_channels": [1, 3, 5, 7]})),
+    # each KV group keeps its own channels (Search for Efficient LLMs): packed rows, padded heads
+    "group-channels": lambda: Plan(_layers(l0={"head_channels": [[0, 4], [1, 2, 5, 6]]},
+                                           l2={"head_channels": [[0, 1, 2, 4, 5, 6], [3, 7]]},
+                                           l3={"kv_groups": [1], "query_heads": [[0, 2]],
+                                               "head_channels": [[1, 5]]})),
     "mlp-channels": lambda: Plan([LayerPlan(i, mlp_channels=list(range(i, 96, 2 + i))) for i in range(4)]),
     "hidden-channels": lambda: Plan(_layers(), hidden_channels=HIDDEN),
     "no-attention": lambda: Plan(_layers(l1={"kv_groups": []})),
@@ -42,8 +47,8 @@ PLANS = {
         LayerPlan(3, query_heads=[[0], [3]], head_channels=[1, 2, 5, 6], mlp_channels=[]),
     ], hidden_channels=HIDDEN),
 }
-CASES = [(f, p) for f in sorted(FAMILIES) for p in PLANS
-         if not (f == "qwen3" and p == "head-channels")]  # qwen3's q_norm/k_norm span the whole head
+CASES = [(f, p) for f in sorted(FAMILIES) for p in PLANS  # qwen3's q_norm/k_norm span the whole head
+         if not (f == "qwen3" and p in ("head-channels", "group-channels"))]
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +175,40 @@ def test_reslicing_an_amoeba_model(models, ids):
             masked = first(ids).logits
         second = slice_model(first, a2, plan)
         torch.testing.assert_close(second(ids).logits, masked, atol=1e-5, rtol=0)
+
+
+def test_group_channels_pack_rows_and_reslice(models, ids):
+    """Per-KV-group head channels store only the kept rows; the packed model has its own anatomy
+    (channels per group) and can be pruned again by whole groups, layers and MLP channels."""
+    model, anatomy = models("llama")
+    plan = PLANS["group-channels"]()
+    first = slice_model(model, anatomy, plan)
+    attn = first.model.layers[0].self_attn
+    assert attn.group_head_dims == [2, 4] and attn.head_dim == 4
+    assert attn.q_proj.out_features == 4 * (2 + 4) and attn.k_proj.out_features == 6
+    assert first.config.layer_specs[3]["head_channels"] == [1, 5]  # one group left: a plain channel list
+    a2 = anatomy_of(first)
+    assert a2.layer(0).group_head_dims == (2, 4) and a2.layer(0).q_width == 24
+    assert Plan.full(a2).num_parameters(a2) == sum(p.numel() for p in first.parameters())
+    again = Plan([LayerPlan(0, kv_groups=[1], query_heads=[[1, 3]], mlp_channels=list(range(40))),
+                  LayerPlan(2), LayerPlan(3)])
+    with torch.no_grad():
+        with apply_soft(first, a2, again):
+            masked = first(ids).logits
+        second = slice_model(first, a2, again)
+        torch.testing.assert_close(second(ids).logits, masked, atol=1e-5, rtol=0)
+    assert second.config.layer_specs[0]["head_channels"] == [1, 2, 5, 6]
+    assert second.config.layer_specs[1]["head_channels"] == [[0, 1, 2, 4, 5, 6], [3, 7]]
+
+
+def test_group_channels_are_validated(models):
+    from amoeba_plugin.errors import PlanError
+
+    model, anatomy = models("llama")
+    for bad, message in (([[0, 4]], "for 1 KV groups but keeps 2"), ([[0, 4], [1]], "RoPE partner"),
+                         ([[0, 4], []], "cannot be empty")):
+        with pytest.raises(PlanError, match=message):
+            Plan(_layers(l0={"head_channels": bad})).validate(anatomy)
+    packed = slice_model(model, anatomy, PLANS["group-channels"]())
+    with pytest.raises(PlanError, match="already has pruned head channels"):
+        Plan(_layers(l0={"head_channels": [[0, 2], [0, 2]]})).validate(anatomy_of(packed), check_source=False)

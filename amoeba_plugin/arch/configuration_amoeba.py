@@ -9,8 +9,9 @@ from transformers.modeling_rope_utils import RopeParameters
 LAYER_SPEC_DEFAULTS = {
     "num_attention_heads": 0,      # 0: the layer has no attention
     "num_key_value_heads": 0,
-    "head_dim": 0,                 # kept channels per head
-    "head_channels": None,         # indices into the source head_dim (RoPE frequencies), None: all
+    "head_dim": 0,                 # kept channels per head (the widest KV group's)
+    "head_channels": None,         # indices into the source head_dim (RoPE frequencies), None: all;
+                                   # a list of lists: one per KV head, when the groups keep different channels
     "intermediate_size": 0,        # 0: the layer has no MLP
     "qkv_bias": False,
     "o_bias": False,
@@ -31,7 +32,7 @@ class AmoebaConfig(PreTrainedConfig):
     """
 
     model_type = "amoeba"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     vocab_size: int = 32000
     hidden_size: int = 4096
@@ -79,5 +80,21 @@ class AmoebaConfig(PreTrainedConfig):
             if nkv and spec["head_dim"] <= 0:
                 raise ValueError(f"layer {i}: head_dim must be positive when the layer has attention")
             channels = spec["head_channels"]
-            if channels is not None and len(channels) != spec["head_dim"]:
+            if channels and isinstance(channels[0], list):
+                self._validate_group_channels(i, spec)
+            elif channels is not None and len(channels) != spec["head_dim"]:
                 raise ValueError(f"layer {i}: head_channels has {len(channels)} entries, head_dim is {spec['head_dim']}")
+
+    def _validate_group_channels(self, i: int, spec: dict) -> None:
+        """Per-KV-head channels: one sorted list of RoPE pairs per KV head, the widest sets head_dim."""
+        channels, half = spec["head_channels"], self.head_dim // 2
+        if len(channels) != spec["num_key_value_heads"]:
+            raise ValueError(f"layer {i}: head_channels lists {len(channels)} KV heads, the layer has "
+                             f"{spec['num_key_value_heads']}")
+        if spec["head_dim"] != max(len(c) for c in channels):
+            raise ValueError(f"layer {i}: head_dim must be the widest KV head's channel count")
+        for c in channels:
+            first = [j for j in c if j < half]
+            if not c or c != sorted(set(c)) or c != first + [j + half for j in first]:
+                raise ValueError(f"layer {i}: per-KV-head head_channels must be sorted RoPE pairs "
+                                 f"(j and j + {half}), got {c}")

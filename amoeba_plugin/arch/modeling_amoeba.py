@@ -6,6 +6,10 @@ Differences from ``LlamaForCausalLM``, each needed to express a pruned model exa
   absent (a layer with no attention keeps no KV-cache slot: cache indices count attention layers);
 * heads may keep a subset of their channels; RoPE then uses the frequencies of the kept channels
   (``head_channels``) and the attention scale stays ``source_head_dim ** -0.5``;
+* each KV group may keep its own channels (``head_channels`` with one list per KV head): the
+  projections store only the kept rows, packed group after group, and the heads are zero-padded to
+  the layer's widest group for the attention product only (a padded RoPE pair is zero, so it adds
+  nothing to a score or an output), which keeps one head_dim per layer for the kernels and the cache;
 * o_proj and down_proj may carry an output bias (bias compensation) independently of q/k/v/gate/up;
 * per-layer q/k RMSNorm (Qwen3) and sliding windows (Mistral, Qwen2) are kept.
 """
@@ -32,9 +36,20 @@ from transformers.models.llama.modeling_llama import (
     LlamaRotaryEmbedding,
     apply_rotary_pos_emb,
     eager_attention_forward,
+    rotate_half,
 )
 
 from .configuration_amoeba import AmoebaConfig
+
+#: transformers 5.24 renamed ``past_key_values`` to ``cache`` (in forward arguments, model outputs
+#: and the mask helpers); earlier 5.x releases know only the old name. Both are accepted here.
+_CACHE_FIELD = "cache" if "cache" in getattr(BaseModelOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
+
+def _one_cache(cache, past_key_values):
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the KV cache once: as `cache` (or, before transformers 5.24, `past_key_values`)")
+    return cache if cache is not None else past_key_values
 
 
 class AmoebaAttention(nn.Module):
@@ -52,33 +67,90 @@ class AmoebaAttention(nn.Module):
         self.is_causal = True
         self.sliding_window = spec["sliding_window"]
         self.head_channels = spec["head_channels"]
+        packed = bool(self.head_channels) and isinstance(self.head_channels[0], list)
+        #: channels per head of each KV group when the groups differ (packed rows), else None
+        self.group_head_dims = [len(c) for c in self.head_channels] if packed else None
+        dims = self.group_head_dims or [self.head_dim] * self.num_key_value_heads
+        kv_width = sum(dims)
+        q_width = self.num_key_value_groups * kv_width
         self._rope_index: torch.Tensor | None = None  # not a buffer: loaders re-initialise buffers
+        self._layout: dict[str, torch.Tensor] | None = None
         h = config.hidden_size
-        self.q_proj = nn.Linear(h, self.num_heads * self.head_dim, bias=spec["qkv_bias"])
-        self.k_proj = nn.Linear(h, self.num_key_value_heads * self.head_dim, bias=spec["qkv_bias"])
-        self.v_proj = nn.Linear(h, self.num_key_value_heads * self.head_dim, bias=spec["qkv_bias"])
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=spec["o_bias"])
+        self.q_proj = nn.Linear(h, q_width, bias=spec["qkv_bias"])
+        self.k_proj = nn.Linear(h, kv_width, bias=spec["qkv_bias"])
+        self.v_proj = nn.Linear(h, kv_width, bias=spec["qkv_bias"])
+        self.o_proj = nn.Linear(q_width, h, bias=spec["o_bias"])
         if spec["qk_norm"]:
             self.q_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
 
+    def packed_layout(self, device) -> dict[str, torch.Tensor]:
+        """Index tensors of a packed layer: where each padded head slot reads its row (``pad_*``; the
+        last index, one past the rows, reads an appended zero), the source RoPE channel of each slot
+        (``rope_*``), and the padded slot of every packed q row (``unpad``).
+
+        Group g keeps channels ``c`` (sorted RoPE pairs: first halves, then their partners); in a head
+        padded to ``head_dim`` = 2M, its i-th first half sits in slot i and its partner in slot M + i,
+        so rotate-half still pairs them; the other slots stay zero."""
+        if self._layout is not None and self._layout["unpad"].device == device:
+            return self._layout
+        hd, qpg = self.head_dim, self.num_key_value_groups
+        q_zero, kv_zero = self.q_proj.out_features, self.k_proj.out_features
+        pad_q, pad_kv, rope_q, rope_kv, unpad = [], [], [], [], []
+        q_at = kv_at = 0
+        for g, channels in enumerate(self.head_channels):
+            d = len(channels)
+            slots = list(range(d // 2)) + list(range(hd // 2, hd // 2 + d // 2))
+            rope = [0] * hd
+            for i, slot in enumerate(slots):
+                rope[slot] = channels[i]
+
+            def padded(start: int, zero: int) -> list[int]:
+                row = [zero] * hd
+                for i, slot in enumerate(slots):
+                    row[slot] = start + i
+                return row
+
+            pad_kv += padded(kv_at, kv_zero)
+            rope_kv.append(rope)
+            for q in range(qpg):
+                pad_q += padded(q_at + q * d, q_zero)
+                rope_q.append(rope)
+                unpad += [(g * qpg + q) * hd + slot for slot in slots]
+            kv_at += d
+            q_at += qpg * d
+        as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+        self._layout = {"pad_q": as_long(pad_q), "pad_kv": as_long(pad_kv), "rope_q": as_long(rope_q),
+                        "rope_kv": as_long(rope_kv), "unpad": as_long(unpad)}
+        return self._layout
+
     def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        q = self.q_proj(hidden_states).view(hidden_shape)
-        k = self.k_proj(hidden_states).view(hidden_shape)
+        q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        cos, sin = position_embeddings
+        layout = None
+        if self.group_head_dims is not None:
+            layout = self.packed_layout(hidden_states.device)
+            pad = lambda x, index: torch.nn.functional.pad(x, (0, 1)).index_select(-1, index)  # noqa: E731
+            q, k, v = pad(q, layout["pad_q"]), pad(k, layout["pad_kv"]), pad(v, layout["pad_kv"])
+        q, k, v = q.view(hidden_shape), k.view(hidden_shape), v.view(hidden_shape)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        cos, sin = position_embeddings
-        if self.head_channels is not None:
-            if self._rope_index is None or self._rope_index.device != cos.device:
-                self._rope_index = torch.tensor(self.head_channels, dtype=torch.long, device=cos.device)
-            cos, sin = cos.index_select(-1, self._rope_index), sin.index_select(-1, self._rope_index)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if layout is not None:  # a RoPE frequency per head and slot: [batch, heads, seq, head_dim]
+            def rotate(x, index):
+                c, s_ = cos[..., index].transpose(1, 2), sin[..., index].transpose(1, 2)
+                return x * c + rotate_half(x) * s_
+            q, k = rotate(q, layout["rope_q"]), rotate(k, layout["rope_kv"])
+        else:
+            if self.head_channels is not None:
+                if self._rope_index is None or self._rope_index.device != cos.device:
+                    self._rope_index = torch.tensor(self.head_channels, dtype=torch.long, device=cos.device)
+                cos, sin = cos.index_select(-1, self._rope_index), sin.index_select(-1, self._rope_index)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -86,8 +158,10 @@ class AmoebaAttention(nn.Module):
         out, weights = attention_interface(
             self, q, k, v, attention_mask, dropout=0.0 if not self.training else self.attention_dropout,
             scaling=self.scaling, sliding_window=self.sliding_window, **kwargs)
-        out = out.reshape(*input_shape, -1).contiguous()
-        return self.o_proj(out), weights
+        out = out.reshape(*input_shape, -1)
+        if layout is not None:
+            out = out.index_select(-1, layout["unpad"])
+        return self.o_proj(out.contiguous()), weights
 
 
 class AmoebaMLP(nn.Module):
@@ -158,8 +232,10 @@ class AmoebaModel(AmoebaPreTrainedModel):
         self.has_sliding_layers = any(l.attention_type == "sliding_attention" for l in layers)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values: Cache | None = None,
-                inputs_embeds=None, use_cache=None, **kwargs) -> BaseModelOutputWithPast:
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache: Cache | None = None,
+                inputs_embeds=None, use_cache=None, past_key_values: Cache | None = None,
+                **kwargs) -> BaseModelOutputWithPast:
+        past_key_values = _one_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -170,8 +246,8 @@ class AmoebaModel(AmoebaPreTrainedModel):
         if position_ids is None:
             past = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past).unsqueeze(0)
-        mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                           past_key_values=past_key_values, position_ids=position_ids)
+        mask_kwargs = {"config": self.config, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
+                       _CACHE_FIELD: past_key_values, "position_ids": position_ids}
         masks = {"full_attention": create_causal_mask(**mask_kwargs)}
         if self.has_sliding_layers:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
@@ -181,7 +257,7 @@ class AmoebaModel(AmoebaPreTrainedModel):
             hidden_states = layer(hidden_states, attention_mask=masks[layer.attention_type],
                                   position_embeddings=position_embeddings, past_key_values=past_key_values,
                                   position_ids=position_ids, **kwargs)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), **{_CACHE_FIELD: past_key_values})
 
 
 class AmoebaForCausalLM(AmoebaPreTrainedModel, GenerationMixin):
@@ -194,11 +270,11 @@ class AmoebaForCausalLM(AmoebaPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep: int | torch.Tensor = 0,
-                **kwargs) -> CausalLMOutputWithPast:
+                past_key_values=None, **kwargs) -> CausalLMOutputWithPast:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                         cache=_one_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
                          **kwargs)
         hidden = out.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -206,4 +282,4 @@ class AmoebaForCausalLM(AmoebaPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: getattr(out, _CACHE_FIELD)})

@@ -30,9 +30,13 @@ class LlamaFamilyAdapter(ArchitectureAdapter):
             mlp = getattr(layer, "mlp", None)
             nq = nkv = 0
             head_dim = getattr(attn, "head_dim", 0) if attn is not None else 0
-            if attn is not None:
+            group_dims = getattr(attn, "group_head_dims", None) if attn is not None else None
+            if group_dims is not None:  # an amoeba layer whose KV groups keep different channels
+                nq, nkv = attn.num_heads, attn.num_key_value_heads
+            elif attn is not None:
                 nq = attn.q_proj.out_features // head_dim
                 nkv = attn.k_proj.out_features // head_dim
+            if attn is not None:
                 for role in ("q", "k", "v", "o"):
                     modules[role] = f"{prefix}.self_attn.{role}_proj"
                     if getattr(attn, f"{role}_proj").bias is not None:
@@ -50,15 +54,17 @@ class LlamaFamilyAdapter(ArchitectureAdapter):
                     if getattr(mlp, f"{role}_proj").bias is not None:
                         biases.add(role)
                 modules["post_attention_norm"] = f"{prefix}.post_attention_layernorm"
-            channels = getattr(attn, "head_channels", None) if attn is not None else None
+            channels = getattr(attn, "head_channels", None) if attn is not None and group_dims is None else None
             layers.append(LayerAnatomy(index=i, num_query_heads=nq, num_kv_groups=nkv, head_dim=head_dim,
                                        intermediate_size=inter, modules=modules,
-                                       head_channels=tuple(channels) if channels is not None else None))
+                                       head_channels=tuple(channels) if channels is not None else None,
+                                       group_head_dims=tuple(group_dims) if group_dims is not None else None))
         rope_head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         hidden = model.model.embed_tokens.embedding_dim
         tied = bool(getattr(config, "tie_word_embeddings", False))
         shape_items = [config.model_type, hidden, config.vocab_size, tied,
-                       [(l.num_query_heads, l.num_kv_groups, l.head_dim, l.intermediate_size) for l in layers]]
+                       [(l.num_query_heads, l.num_kv_groups, l.head_dim, l.intermediate_size)
+                        + ((l.group_head_dims,) if l.group_head_dims else ()) for l in layers]]
         return Anatomy(
             family=self.name, model_type=config.model_type, hidden_size=hidden,
             vocab_size=model.model.embed_tokens.num_embeddings, layers=tuple(layers),

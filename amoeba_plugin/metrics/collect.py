@@ -150,7 +150,8 @@ def _layer_inputs(model, layers, windows: torch.Tensor, batch_size: int, device)
         hidden.append((args[0] if args else kwargs.pop("hidden_states")).detach())
         kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
         kwargs["use_cache"] = False
-        kwargs["past_key_values"] = None
+        # the KV cache argument, under its name in this transformers ("cache" from 5.24 on)
+        kwargs["cache" if "cache" in kwargs else "past_key_values"] = None
         kwargs_per_batch.append(kwargs)
         raise _Stop
 

@@ -83,6 +83,12 @@ def layer_units(layer: LayerAnatomy, unit: str, roles: dict[str, torch.Tensor], 
         return sum(parts) if parts else torch.zeros(layer.intermediate_size)
     if not layer.has_attention:
         return torch.zeros(0)
+    if layer.group_head_dims is not None:
+        from ..errors import AmoebaError
+
+        raise AmoebaError(f"layer {layer.index} keeps a different number of channels in each KV group's heads "
+                          "(a searched subnet), so its heads cannot be scored as units of one size",
+                          "score and prune the source model instead, or keep this layer's attention whole")
     width = layer.num_query_heads * layer.head_dim
     zeros = torch.zeros(width)
     q = roles["q"].float() if "q" in roles else zeros

@@ -80,6 +80,26 @@ def slice_state_dict(model, anatomy: Anatomy, plan: Plan, patch: dict | None = N
     return out
 
 
+def _source_channels(lp, layer, source_specs) -> list[list[int]]:
+    """Per kept KV group of a resolved layer plan, its kept head channels as indices into the
+    *source's* head_dim (composing with an earlier channel pruning), which fix the RoPE frequencies."""
+    channels = lp.group_channels()
+    if layer.group_head_dims is not None:  # a packed layer: each group has its own source channels
+        present = source_specs[layer.index]["head_channels"]
+        return [[present[g][c] for c in chs] for g, chs in zip(lp.kv_groups, channels)]
+    if layer.head_channels is not None:
+        return [[layer.head_channels[c] for c in chs] for chs in channels]
+    return channels
+
+
+def _channels_spec(channels: list[list[int]], head_dim: int):
+    """``head_channels`` of a layer spec: None for whole heads, one list when every group keeps the
+    same channels, else one list per KV head."""
+    if all(c == channels[0] for c in channels):
+        return None if channels[0] == list(range(head_dim)) else channels[0]
+    return channels
+
+
 def _layer_specs(model, anatomy: Anatomy, plan: Plan, state: dict) -> list[dict]:
     cfg = model.config
     r = plan.resolved(anatomy)
@@ -89,10 +109,7 @@ def _layer_specs(model, anatomy: Anatomy, plan: Plan, state: dict) -> list[dict]
         layer = anatomy.layer(lp.index)
         attn = layer.has_attention and bool(lp.kv_groups)
         pre = f"model.layers.{new}."
-        channels = lp.head_channels
-        if layer.head_channels is not None:  # compose with an earlier channel pruning
-            channels = [layer.head_channels[c] for c in channels]
-        full = channels == list(range(anatomy.rope_head_dim))
+        channels = _source_channels(lp, layer, source_specs) if attn else None
         if source_specs is not None:
             window = source_specs[lp.index].get("sliding_window")
         else:
@@ -105,8 +122,8 @@ def _layer_specs(model, anatomy: Anatomy, plan: Plan, state: dict) -> list[dict]
         specs.append({
             "num_attention_heads": sum(len(q) for q in lp.query_heads) if attn else 0,
             "num_key_value_heads": len(lp.kv_groups) if attn else 0,
-            "head_dim": len(channels) if attn else 0,
-            "head_channels": None if full or not attn else channels,
+            "head_dim": max(len(c) for c in channels) if attn else 0,
+            "head_channels": _channels_spec(channels, anatomy.rope_head_dim) if attn else None,
             "intermediate_size": len(lp.mlp_channels) if layer.has_mlp else 0,
             "qkv_bias": pre + "self_attn.q_proj.bias" in state,
             "o_bias": pre + "self_attn.o_proj.bias" in state,

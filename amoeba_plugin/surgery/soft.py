@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..anatomy import Anatomy
 from ..plan import Plan
-from .index import mask, query_rows
+from .index import channel_rows, mask, query_rows
 
 
 class SoftMask:
@@ -118,17 +118,15 @@ def apply_soft(model, anatomy: Anatomy, plan: Plan, patch: dict | None = None) -
             handle._override(get(mods["o"].rsplit(".", 1)[0]), _no_attention)
         elif layer.has_attention:
             q_keep = query_rows(lp, layer)
-            if len(q_keep) < layer.num_query_heads * layer.head_dim:
+            if len(q_keep) < layer.q_width:
                 handle._hook(get(mods["o"]).register_forward_pre_hook(
-                    _scale_input(mask(layer.num_query_heads * layer.head_dim, q_keep, like))))
-            if len(lp.head_channels) < layer.head_dim:
-                all_q = [h * layer.head_dim + c for h in range(layer.num_query_heads) for c in lp.head_channels]
-                all_kv = [g * layer.head_dim + c for g in range(layer.num_kv_groups) for c in lp.head_channels]
-                handle._hook(get(mods["q"]).register_forward_hook(
-                    _scale_output(mask(layer.num_query_heads * layer.head_dim, all_q, like))))
+                    _scale_input(mask(layer.q_width, q_keep, like))))
+            all_q, all_kv = channel_rows(lp, layer)
+            if len(all_kv) < layer.kv_width:
+                handle._hook(get(mods["q"]).register_forward_hook(_scale_output(mask(layer.q_width, all_q, like))))
                 for role in ("k", "v"):
                     handle._hook(get(mods[role]).register_forward_hook(
-                        _scale_output(mask(layer.num_kv_groups * layer.head_dim, all_kv, like))))
+                        _scale_output(mask(layer.kv_width, all_kv, like))))
             if hidden_mask is not None:
                 handle._hook(get(mods["o"]).register_forward_hook(_scale_output(hidden_mask)))
                 handle._override(get(mods["input_norm"]), _masked_rmsnorm(get(mods["input_norm"]), hidden_mask))
