@@ -11,14 +11,18 @@ fidelity, with the projection zeroing the *pruned* entries (the paper's mask con
 released code's are inverted) and H normalised by its diagonal first so that ρ = 1 means the same
 on every layer (as Boža's ADMM code does).
 
-X must carry the pruned channels: inputs computed through the layer's unpruned rows (the dense
-model), otherwise the pruned channels are zero and reformation is a no-op. :func:`reformation_patch`
-collects them layer by layer from the dense model (one Gram matrix per site in memory at a time)
-and returns a patch that :func:`amoeba_plugin.surgery.slice_model` folds in. For down_proj these
-inputs are exactly the subnet's kept channels plus the pruned ones; for o_proj the kept heads see
-the dense model's block inputs, not the pruned subnet's (the paper does not say which; taking block
-inputs sequentially from the already-reformed subnet is the research notes' suggestion and is left
-to the Search backend, which can pass its own statistics to :func:`reform_columns`).
+X must carry the pruned channels: inputs computed through the layer's *unpruned* rows, otherwise
+the pruned channels are zero and reformation is a no-op. :func:`reformation_patch` collects them one
+layer at a time (one Gram matrix per linear in memory at a time) and returns a patch that
+:func:`amoeba_plugin.surgery.slice_model` folds in. Which block inputs feed those rows is a choice the
+paper leaves open (``inputs``):
+
+* ``"sequential"`` (default, SparseGPT-style): block by block through the subnet being reformed, so
+  each block is fitted on what its pruned, already reformed predecessors really give it. Inside a
+  block, o_proj sees the block's dense q/k/v on that input; down_proj sees the dense gate/up on the
+  residual after the block's pruned, reformed attention (exactly the subnet's kept channels plus the
+  pruned ones).
+* ``"dense"``: every block's inputs from the dense model (one pass, cheaper, blind to upstream error).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from .errors import AmoebaError
 from .surgery.index import query_rows
 
 SOLVERS = ("exact", "admm")
+INPUTS = ("sequential", "dense")
 
 
 def _kept_tensor(kept, size: int, device) -> torch.Tensor:
@@ -101,41 +106,106 @@ def _pieces(plan, anatomy):
             yield layer, "down", list(lp.mlp_channels)
 
 
+def _refit(model, layer, role: str, kept, gram, options: dict, patch: dict, report: dict | None) -> None:
+    name = layer.modules[role]
+    weight = model.get_submodule(name).weight
+    reformed = reform_columns(weight, gram, kept, **options)
+    full = weight.detach().clone()
+    full[:, torch.as_tensor(kept, dtype=torch.long, device=full.device)] = reformed.to(full.device)
+    patch[f"{name}.weight"] = full
+    if report is not None:
+        report[name] = {"dropped": round(output_error(weight, gram, kept), 6),
+                        "reformed": round(output_error(weight, gram, kept, reformed), 6)}
+
+
 def reformation_patch(model, anatomy, plan, windows: torch.Tensor, *, solver: str = "exact", damping: float = 0.01,
-                      rho: float = 1.0, iterations: int = 30, batch_size: int = 8,
+                      rho: float = 1.0, iterations: int = 30, batch_size: int = 8, inputs: str = "sequential",
                       report: dict | None = None) -> dict[str, torch.Tensor]:
     """``{"<o_proj|down_proj>.weight": full-size weight whose kept columns are refitted}`` for every
-    column-pruned linear of ``plan``, from the dense model's inputs on ``windows`` (collected one layer
-    at a time). Pass it as ``patch`` to ``slice_model`` / ``apply_soft``. ``report``, when given,
-    receives the relative output error of each linear before and after."""
-    from .metrics.collect import collect_statistics
-
+    column-pruned linear of ``plan``, fitted on ``windows`` (see the module docstring for ``inputs``).
+    Pass it as ``patch`` to ``slice_model`` / ``apply_soft``. ``report``, when given, receives the
+    relative output error of each linear (on its fitting inputs) before and after."""
     if solver not in SOLVERS:
         raise AmoebaError(f"unknown reformation solver '{solver}'", f"use one of: {', '.join(SOLVERS)}")
-    todo: dict[int, list] = {}
+    if inputs not in INPUTS:
+        raise AmoebaError(f"unknown reformation inputs '{inputs}'", f"use one of: {', '.join(INPUTS)}")
+    todo: dict[int, dict[str, list[int]]] = {}
     for layer, role, kept in _pieces(plan, anatomy):
-        todo.setdefault(layer.index, []).append((role, kept))
+        todo.setdefault(layer.index, {})[role] = kept
     patch: dict[str, torch.Tensor] = {}
     if not todo:
         return patch
+    options = {"solver": solver, "damping": damping, "rho": rho, "iterations": iterations}
+    if inputs == "dense":
+        from .metrics.collect import collect_statistics
 
-    def on_layer(layer, stats):
-        for role, kept in todo.get(layer.index, []):
-            name = layer.modules[role]
-            weight = model.get_submodule(name).weight
-            gram = stats.input(role).gram
-            reformed = reform_columns(weight, gram, kept, solver=solver, damping=damping, rho=rho,
-                                      iterations=iterations)
-            full = weight.detach().clone()
-            full[:, torch.as_tensor(kept, dtype=torch.long, device=full.device)] = reformed.to(full.device)
-            patch[f"{name}.weight"] = full
-            if report is not None:
-                report[name] = {"dropped": round(output_error(weight, gram, kept), 6),
-                                "reformed": round(output_error(weight, gram, kept, reformed), 6)}
+        def on_layer(layer, stats):
+            for role, kept in todo[layer.index].items():
+                _refit(model, layer, role, kept, stats.input(role).gram, options, patch, report)
 
-    collect_statistics(model, anatomy, windows, gram=True, sites=("o", "down"), batch_size=batch_size,
-                       layers=sorted(todo), on_layer=on_layer, keep_gram=False)
+        collect_statistics(model, anatomy, windows, gram=True, sites=("o", "down"), batch_size=batch_size,
+                           layers=sorted(todo), on_layer=on_layer, keep_gram=False)
+        return patch
+    _sequential(model, anatomy, plan, windows, todo, options, patch, report, batch_size)
     return patch
 
 
-__all__ = ["SOLVERS", "output_error", "reform_columns", "reformation_patch"]
+@torch.no_grad()
+def _sequential(model, anatomy, plan, windows, todo, options, patch, report, batch_size) -> None:
+    """Block by block through the subnet: capture each pruned linear's input with the block's own
+    rows unpruned, refit, then move the hidden states through the pruned, reformed block."""
+    from .metrics.collect import InputStats, decoder_inputs
+    from .plan import LayerPlan, Plan
+    from .progress import progress
+    from .surgery import apply_soft
+
+    plan.validate(anatomy)
+    decoder = model.get_submodule(anatomy.layers_path)
+    device = next(model.parameters()).device
+    kept = {lp.index: lp for lp in plan.layers}
+
+    def variant(index: int, **fields) -> Plan:
+        """The plan with layer ``index`` replaced by a copy with ``fields`` unpruned."""
+        layers = [LayerPlan(**{**vars(lp), **fields}) if lp.index == index else lp for lp in plan.layers]
+        return Plan(layers, dict(plan.source), plan.hidden_channels, plan.output_bias, dict(plan.provenance))
+
+    def run_block(module, subnet: Plan, hidden, kwargs_per_batch, capture=None):
+        """The block's outputs under ``subnet`` (soft), feeding ``capture``'s pre-hook if given."""
+        handle = None
+        if capture is not None:
+            name, acc = capture
+            handle = model.get_submodule(name).register_forward_pre_hook(lambda m, args: acc.add(args[0], True))
+        try:
+            with apply_soft(model, anatomy, subnet, patch):
+                out = [module(h, **kw) for h, kw in zip(hidden, kwargs_per_batch)]
+        finally:
+            if handle is not None:
+                handle.remove()
+        return [o[0] if isinstance(o, (tuple, list)) else o for o in out]
+
+    was_training = model.training
+    model.eval()
+    try:
+        with apply_soft(model, anatomy, plan):  # the subnet's embeddings (hidden channels masked)
+            hidden, kwargs_per_batch = decoder_inputs(model, decoder, windows, batch_size, device)
+        for layer in progress(anatomy.layers, "reformation", total=anatomy.num_layers):
+            if layer.index not in kept:
+                continue  # a dropped block passes its input through
+            module = decoder[layer.index]
+            roles = todo.get(layer.index, {})
+            if "o" in roles:  # the block's dense q/k/v on the subnet's input
+                acc = InputStats()
+                run_block(module, variant(layer.index, kv_groups=None, query_heads=None, head_channels=None),
+                          hidden, kwargs_per_batch, (layer.modules["o"], acc))
+                _refit(model, layer, "o", roles["o"], acc.gram, options, patch, report)
+            if "down" in roles:  # dense gate/up after the pruned, reformed attention
+                acc = InputStats()
+                run_block(module, variant(layer.index, mlp_channels=None), hidden, kwargs_per_batch,
+                          (layer.modules["down"], acc))
+                _refit(model, layer, "down", roles["down"], acc.gram, options, patch, report)
+            hidden = run_block(module, plan, hidden, kwargs_per_batch)
+    finally:
+        model.train(was_training)
+
+
+__all__ = ["INPUTS", "SOLVERS", "output_error", "reform_columns", "reformation_patch"]

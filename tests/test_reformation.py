@@ -47,7 +47,8 @@ def test_bad_input_is_refused():
         reform_columns(w, gram, [])
 
 
-def test_reformation_patch_folds_into_the_sliced_model_and_helps():
+@pytest.mark.parametrize("inputs", ["sequential", "dense"])
+def test_reformation_patch_folds_into_the_sliced_model_and_helps(inputs):
     model = make_tiny("llama")
     anatomy = anatomy_of(model)
     windows = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
@@ -55,7 +56,7 @@ def test_reformation_patch_folds_into_the_sliced_model_and_helps():
               for l in anatomy.layers]
     plan = Plan(layers, source=source_info(anatomy))
     report = {}
-    patch = reformation_patch(model, anatomy, plan, windows, report=report)
+    patch = reformation_patch(model, anatomy, plan, windows, report=report, inputs=inputs)
     assert set(patch) == {f"{anatomy.layer(i).modules[r]}.weight" for i in range(4) for r in ("o", "down")}
     assert all(r["reformed"] < r["dropped"] for r in report.values())
     ids = windows[:2]
@@ -68,3 +69,32 @@ def test_reformation_patch_folds_into_the_sliced_model_and_helps():
         plain = slice_model(model, anatomy, plan)(input_ids=windows).logits
         reformed = sliced(input_ids=windows).logits
     assert (reformed - dense).norm() < (plain - dense).norm()
+
+
+def test_sequential_inputs_follow_the_subnet():
+    """Sequential reformation fits each block on what the pruned, reformed blocks before it give it:
+    with nothing pruned upstream it equals the dense-input fit; with an upstream block pruned (and a
+    layer dropped, and per-group head channels) it differs, and still folds into slicing exactly."""
+    model = make_tiny("llama")
+    anatomy = anatomy_of(model)
+    windows = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(2))
+    mlp = list(range(0, 96, 3))
+    only_last = Plan([LayerPlan(0), LayerPlan(1), LayerPlan(2), LayerPlan(3, mlp_channels=mlp)],
+                     source=source_info(anatomy))
+    a = reformation_patch(model, anatomy, only_last, windows, inputs="sequential")
+    b = reformation_patch(model, anatomy, only_last, windows, inputs="dense")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+    plan = Plan([LayerPlan(0, head_channels=[[0, 4], [1, 2, 5, 6]], mlp_channels=mlp), LayerPlan(2),
+                 LayerPlan(3, mlp_channels=mlp)], source=source_info(anatomy))
+    seq = reformation_patch(model, anatomy, plan, windows, inputs="sequential")
+    dense = reformation_patch(model, anatomy, plan, windows, inputs="dense")
+    last = f"{anatomy.layer(3).modules['down']}.weight"
+    assert not torch.allclose(seq[last], dense[last], atol=1e-4)  # layer 3 saw the pruned subnet's states
+    with torch.no_grad(), apply_soft(model, anatomy, plan, patch=seq):
+        masked = model(input_ids=windows[:2]).logits
+    with torch.no_grad():
+        torch.testing.assert_close(slice_model(model, anatomy, plan, patch=seq)(input_ids=windows[:2]).logits,
+                                   masked, atol=1e-5, rtol=0)
+    with pytest.raises(AmoebaError, match="inputs"):
+        reformation_patch(model, anatomy, plan, windows, inputs="random")

@@ -141,9 +141,10 @@ class _Stop(Exception):
     """Raised by the first decoder layer's pre-hook: the embeddings are all we need from the model."""
 
 
-def _layer_inputs(model, layers, windows: torch.Tensor, batch_size: int, device):
+def decoder_inputs(model, layers, windows: torch.Tensor, batch_size: int, device):
     """Hidden states entering the first decoder layer, and the keyword arguments the model passes
-    every layer (position embeddings, mask), one entry per batch."""
+    every layer (position embeddings, mask), one entry per batch: the start of a layer-by-layer pass
+    (``layers`` is the model's decoder ``ModuleList``)."""
     hidden, kwargs_per_batch = [], []
 
     def catch(module, args, kwargs):
@@ -202,7 +203,7 @@ def collect_statistics(model, anatomy: Anatomy, windows: torch.Tensor, *, gram: 
     wanted = set(range(anatomy.num_layers)) if layers is None else set(layers)
     result: dict[int, LayerStats] = {}
     try:
-        hidden, kwargs_per_batch = _layer_inputs(model, decoder, windows, batch_size, device)
+        hidden, kwargs_per_batch = decoder_inputs(model, decoder, windows, batch_size, device)
         for la in progress(anatomy.layers, "calibration statistics", total=anatomy.num_layers):
             module = decoder[la.index]
             stats = LayerStats(la.index)
@@ -271,5 +272,6 @@ __all__ = [
     "InputStats",
     "LayerStats",
     "collect_statistics",
+    "decoder_inputs",
     "ensure_statistics",
 ]
