@@ -1,240 +1,36 @@
 """Knowledge-preservation scorers for the depth DP: how good is the subnet that keeps these layers?
 
-A scorer is a callable ``scorer(model, anatomy, kept_layers) -> float`` with ``name``,
-``higher_is_better`` and ``describe() -> dict`` (recorded in the depth table). Each one applies the
-layer subset softly (:func:`amoeba_plugin.surgery.apply_soft`: skipped layers pass their input
-through), so the DP tries hundreds of subnets on one model without copying weights.
-
-* :class:`LossScorer` / :class:`PerplexityScorer`: LM loss / perplexity on calibration windows.
-* :class:`LMEvalScorer`: accuracy on an lm-eval multiple-choice task, the paper's choice (5-shot MMLU).
-  The official code scores the first 320 questions of the subject-sorted MMLU file (subjects A to H
-  only); here questions are drawn seeded and, for a group, equally from every subtask, and the score
-  is the macro average over subtasks. The draw is made once, so every DP evaluation sees the same
-  questions.
+The scorers are the host's (:mod:`amoeba_plugin.eval.scorers`): called with the kept layer indices,
+each applies that layer subset softly (skipped layers pass their input through), so the DP tries
+hundreds of subnets on one model without copying weights. The paper's choice is accuracy on an lm-eval
+task (5-shot MMLU). The official code scores the first 320 questions of the subject-sorted MMLU file
+(subjects A to H only); here questions are drawn seeded and, for a group, equally from every subtask,
+and the score is the macro average over subtasks. The draw is made once, so every DP evaluation sees
+the same questions.
 """
 from __future__ import annotations
 
-import hashlib
-import math
-import random
-from typing import Any
-
-import torch
-
-from amoeba_plugin.errors import AmoebaError
-from amoeba_plugin.metrics.loss import lm_loss
-from amoeba_plugin.plan import LayerPlan, Plan, source_info
-from amoeba_plugin.surgery import apply_soft
-
-#: questions per DP evaluation in the official recipe (40 batches of 8 MMLU questions)
-DEFAULT_QUESTIONS = 320
-SPECS = ("loss", "perplexity", "lm-eval:TASK")
-
-
-def layer_plan(anatomy, kept_layers) -> Plan:
-    """The plan keeping whole layers ``kept_layers`` (and nothing else pruned)."""
-    kept = [int(i) for i in kept_layers]
-    return Plan(layers=[LayerPlan(i) for i in kept], source=source_info(anatomy),
-                provenance={"method": "amoeballm-depth"})
-
-
-class _SoftScorer:
-    name = ""
-    higher_is_better = False
-
-    def __call__(self, model, anatomy, kept_layers) -> float:
-        plan = layer_plan(anatomy, kept_layers)
-        was_training = model.training
-        model.eval()
-        try:
-            with apply_soft(model, anatomy, plan):
-                return float(self.measure(model))
-        finally:
-            model.train(was_training)
-
-    score = __call__
-
-    def measure(self, model) -> float:  # pragma: no cover
-        raise NotImplementedError
-
-    def describe(self) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
-
-
-def _check_windows(windows, what: str) -> torch.Tensor:
-    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.dtype != torch.long or \
-            windows.shape[0] < 1 or windows.shape[1] < 2:
-        raise AmoebaError(f"the '{what}' scorer needs calibration windows (a LongTensor [n, seq_len], n >= 1, "
-                          f"seq_len >= 2), got {type(windows).__name__}",
-                          "pass amoeba_plugin.api.get_calibration_dataset(tokenizer, 'sotu:train', n, seq_len, seed)")
-    return windows
-
-
-class LossScorer(_SoftScorer):
-    """Mean next-token loss of the subnet on calibration windows (lower is better)."""
-
-    name = "loss"
-    higher_is_better = False
-
-    def __init__(self, windows: torch.Tensor, batch_size: int = 8):
-        self.windows = _check_windows(windows, self.name)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise AmoebaError(f"batch_size must be a positive integer, got {batch_size!r}", "pass e.g. batch_size=8")
-        self.batch_size = batch_size
-
-    def measure(self, model) -> float:
-        return lm_loss(model, self.windows, self.batch_size)
-
-    def describe(self) -> dict[str, Any]:
-        digest = hashlib.sha1(self.windows.numpy().tobytes()).hexdigest()[:12]
-        return {"name": self.name, "higher_is_better": self.higher_is_better, "windows": int(self.windows.shape[0]),
-                "seq_len": int(self.windows.shape[1]), "batch_size": self.batch_size, "windows_sha1": digest}
-
-
-class PerplexityScorer(LossScorer):
-    """``exp(loss)`` on calibration windows (lower is better; ranks subnets exactly as the loss does)."""
-
-    name = "perplexity"
-
-    def measure(self, model) -> float:
-        return math.exp(super().measure(model))
-
-
-# ---------------------------------------------------------------------- lm-eval
-def stratified_indices(sizes: dict[str, int], num_questions: int, seed: int) -> dict[str, list[int]]:
-    """Seeded question indices per (sub)task. One task: ``num_questions`` drawn at random. Several (a
-    group): the same number from each, ``num_questions // len(sizes)`` capped by the smallest subtask.
-    Each subtask has its own generator (seeded by ``seed`` and its name), so adding a subtask does not
-    change the others' draws."""
-    if not sizes:
-        raise AmoebaError("no task to draw questions from", "name an lm-eval task or group")
-    if not isinstance(num_questions, int) or isinstance(num_questions, bool) or num_questions < 1:
-        raise AmoebaError(f"num_questions must be a positive integer, got {num_questions!r}",
-                          f"pass e.g. num_questions={DEFAULT_QUESTIONS}")
-    empty = sorted(name for name, size in sizes.items() if size < 1)
-    if empty:
-        raise AmoebaError(f"task {empty[0]} has no test documents", "pick a task with a test split")
-    if num_questions < len(sizes):
-        raise AmoebaError(f"num_questions={num_questions} is fewer than the {len(sizes)} subtasks, so a draw "
-                          "stratified over subtasks cannot take one from each",
-                          f"pass num_questions >= {len(sizes)}")
-    per = min(num_questions // len(sizes), *sizes.values())
-    out = {}
-    for name in sorted(sizes):
-        rng = random.Random(f"{seed}:{name}")
-        out[name] = sorted(rng.sample(range(sizes[name]), per))
-    return out
-
-
-class LMEvalScorer:
-    """Accuracy of the subnet on an lm-eval multiple-choice task (or group), through the registered
-    ``lm-eval`` evaluator, on a fixed seeded stratified draw of questions; a group scores the macro
-    average over its subtasks (as the official code does for MMLU).
-
-    Calibrate on text the final evaluation does not use: ``amoeba_sotu_cloze_calib`` (from
-    ``sotu:train``) rather than ``amoeba_sotu_cloze`` (held out); lm-eval's ``mmlu`` draws from its
-    *test* split, so to keep MMLU test held out point a task copy's ``test_split`` at ``validation``
-    (the official DP calibrates on MMLU validation) and pass its folder as ``include_path``.
-    """
-
-    name = "lm-eval"
-
-    def __init__(self, tokenizer, task: str, num_questions: int = DEFAULT_QUESTIONS, seed: int = 0,
-                 metric: str = "acc", num_fewshot: int | None = None, batch_size: int | str = 16,
-                 include_path=None, max_length: int | None = None, higher_is_better: bool = True):
-        if tokenizer is None:
-            raise AmoebaError("the lm-eval scorer needs the model's tokenizer", "pass the tokenizer load_model returns")
-        if not isinstance(task, str) or not task.strip() or "," in task:
-            raise AmoebaError(f"the lm-eval scorer takes one task or group name, got {task!r}",
-                              "pass e.g. task='amoeba_sotu_cloze_calib' (a group such as mmlu is one name)")
-        if not isinstance(num_questions, int) or isinstance(num_questions, bool) or num_questions < 1:
-            raise AmoebaError(f"num_questions must be a positive integer, got {num_questions!r}",
-                              f"pass e.g. num_questions={DEFAULT_QUESTIONS}")
-        self.tokenizer, self.task = tokenizer, task.strip()
-        self.num_questions, self.seed, self.metric = num_questions, int(seed), metric
-        self.num_fewshot, self.batch_size = num_fewshot, batch_size
-        self.include_path, self.max_length = include_path, max_length
-        self.higher_is_better = bool(higher_is_better)
-        self._samples: dict[str, list[int]] | None = None
-        self._sizes: dict[str, int] | None = None
-
-    def subtask_sizes(self) -> dict[str, int]:
-        """Test documents per leaf task of ``task`` (itself when it is a single task)."""
-        if self._sizes is None:
-            from amoeba_plugin.eval.lm_eval import quiet_lm_eval, task_manager
-
-            with quiet_lm_eval():
-                loaded = task_manager([self.task], self.include_path).load([self.task])
-            self._sizes = {name: len(t.eval_docs) for name, t in loaded["tasks"].items()}
-        return dict(self._sizes)
-
-    def samples(self) -> dict[str, list[int]]:
-        """The question indices per leaf task, drawn once (every DP evaluation sees the same)."""
-        if self._samples is None:
-            self._samples = stratified_indices(self.subtask_sizes(), self.num_questions, self.seed)
-        return {k: list(v) for k, v in self._samples.items()}
-
-    def __call__(self, model, anatomy, kept_layers) -> float:
-        from amoeba_plugin.plugins import get
-
-        samples = self.samples()
-        evaluator = get("evaluators", "lm-eval")
-        with apply_soft(model, anatomy, layer_plan(anatomy, kept_layers)):
-            result = evaluator(model, self.tokenizer, tasks=[self.task], samples=samples,
-                               num_fewshot=self.num_fewshot, batch_size=self.batch_size, seed=self.seed,
-                               include_path=self.include_path, max_length=self.max_length, bootstrap_iters=0)
-        return self.aggregate(result, samples)
-
-    score = __call__
-
-    def aggregate(self, result: dict, samples: dict[str, list[int]]) -> float:
-        """Macro average of ``metric`` over the leaf tasks (the value itself for one task)."""
-        values = []
-        for leaf in sorted(samples):
-            metrics = result["results"].get(leaf, {})
-            if self.metric not in metrics:
-                raise AmoebaError(f"lm-eval reported no '{self.metric}' for {leaf} (it has: "
-                                  f"{', '.join(sorted(metrics)) or 'nothing'})",
-                                  "pass metric= one of those (multiple-choice tasks report acc and acc_norm)")
-            values.append(float(metrics[self.metric]))
-        return sum(values) / len(values)
-
-    def describe(self) -> dict[str, Any]:
-        samples = self.samples()
-        return {"name": self.name, "task": self.task, "metric": self.metric, "higher_is_better": self.higher_is_better,
-                "num_questions": sum(len(v) for v in samples.values()), "subtasks": len(samples),
-                "per_subtask": len(next(iter(samples.values()))), "seed": self.seed, "num_fewshot": self.num_fewshot,
-                "aggregation": "macro average over subtasks" if len(samples) > 1 else "mean",
-                "max_length": self.max_length}
+from amoeba_plugin.eval import scorers as _host
+from amoeba_plugin.eval.scorers import (
+    DEFAULT_QUESTIONS,
+    SPECS,
+    LMEvalScorer,
+    LossScorer,
+    PerplexityScorer,
+    layer_plan,
+    stratified_indices,
+)
 
 
 def check_spec(spec: str | None) -> str:
-    """The normalised scorer spec, or the error for an unknown one (cheap: nothing is built)."""
-    spec = "loss" if spec is None else str(spec).strip()
-    kind, _, task = spec.partition(":")
-    if spec in ("loss", "perplexity") or (kind == "lm-eval" and task):
-        return spec
-    if kind == "lm-eval":
-        raise AmoebaError("the lm-eval scorer needs a task: lm-eval:TASK",
-                          "pass e.g. lm-eval:amoeba_sotu_cloze_calib or lm-eval:mmlu")
-    raise AmoebaError(f"unknown depth scorer '{spec}'", f"use one of: {', '.join(SPECS)}")
+    """The normalised depth-scorer spec (``loss``, ``perplexity``, ``lm-eval:TASK``), or its error."""
+    return _host.check_spec(spec, "depth scorer")
 
 
 def build_scorer(spec: str, model, tokenizer, anatomy, calibration_windows, seed: int = 0, **options):
-    """A scorer from a spec: ``"loss"`` (default), ``"perplexity"`` or ``"lm-eval:TASK"``. ``options`` go
-    to its constructor (``batch_size``; for lm-eval also ``num_questions``, ``metric``, ``num_fewshot``,
-    ``include_path``, ``max_length``). ``model`` and ``anatomy`` are for scorers that need them at build
-    time; the built-in ones take them per call."""
-    spec = check_spec(spec)
-    kind, _, task = spec.partition(":")
-    try:
-        if spec in ("loss", "perplexity"):
-            cls = LossScorer if spec == "loss" else PerplexityScorer
-            return cls(calibration_windows, **options)
-        return LMEvalScorer(tokenizer, task, seed=seed, **options)
-    except TypeError as exc:
-        raise AmoebaError(f"the '{spec}' scorer does not take these options ({exc})",
-                          "check the scorer's options (see amoeba_amoeballm.scorers)") from None
+    """A depth scorer from a spec; see :func:`amoeba_plugin.eval.scorers.build_scorer`."""
+    return _host.build_scorer(spec, model, tokenizer, anatomy, calibration_windows, seed, "depth scorer", **options)
 
 
-__all__ = ["LMEvalScorer", "LossScorer", "PerplexityScorer", "build_scorer", "check_spec", "layer_plan", "stratified_indices"]
+__all__ = ["DEFAULT_QUESTIONS", "SPECS", "LMEvalScorer", "LossScorer", "PerplexityScorer", "build_scorer",
+           "check_spec", "layer_plan", "stratified_indices"]
