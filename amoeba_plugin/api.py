@@ -186,7 +186,7 @@ def preflight(config: PruningConfig, save_directory=None, overwrite: bool = Fals
               has_tokenizer: bool = True):
     """Every check of a prune run that needs neither the model nor heavy work; returns (method, budget).
 
-    Checks the budget, the method name and the budget kinds it accepts, that the calibration and
+    Checks the budget, the method name, the budget kinds and options it accepts, that the calibration and
     evaluation sources resolve, the exporter name and that the output directory may be written.
     """
     from .plugins import get
@@ -194,6 +194,7 @@ def preflight(config: PruningConfig, save_directory=None, overwrite: bool = Fals
     budget = config.budget_spec
     method = get("methods", config.method)
     method.check_budget(budget)
+    method.check_options(dict(config.method_options))
     needs_data = "calibration" in getattr(method, "capabilities", ())
     if needs_data and config.calibration is None:
         raise DataError(f"method '{method.name}' needs calibration data and calibration is off",

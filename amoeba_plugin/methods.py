@@ -57,14 +57,18 @@ class Method:
                                      f"use one of: {', '.join(self.budget_kinds)}")
 
     def resolve_options(self, context: PruningContext) -> dict:
-        """``default_options`` updated with the run's options; an unknown option is an error, so a
-        typo never passes silently."""
-        options = {**self.default_options, **(context.options or {})}
-        unknown = set(options) - set(self.default_options)
+        """``default_options`` updated with the run's options, after :meth:`check_options`."""
+        self.check_options(context.options or {})
+        return {**self.default_options, **(context.options or {})}
+
+    def check_options(self, options: dict) -> None:
+        """Raise an :class:`AmoebaError` for a bad option. ``preflight`` calls it with the run's options
+        before the model loads, so a typo costs no loading. The default refuses unknown names (so a
+        typo never passes silently); override it to check values too, calling this first."""
+        unknown = set(options or {}) - set(self.default_options)
         if unknown:
             raise AmoebaError(f"unknown option(s) for '{self.name}': {', '.join(sorted(unknown))}",
                               f"use only: {', '.join(self.default_options) or '(no options)'}")
-        return options
 
     def calibration_windows(self, context: PruningContext):
         """The run's calibration windows, or the standard error when calibration is off."""

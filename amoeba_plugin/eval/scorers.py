@@ -48,20 +48,26 @@ def as_plan(anatomy, subnet) -> Plan:
 
 
 class _SoftScorer:
+    """``scorer(model, anatomy, subnet)`` applies the subnet softly and scores it with
+    :meth:`score_model`, which scores a model as it is (a sliced subnet, say)."""
+
     name = ""
     higher_is_better = False
 
     def __call__(self, model, anatomy, subnet) -> float:
-        plan = as_plan(anatomy, subnet)
+        with apply_soft(model, anatomy, as_plan(anatomy, subnet)):
+            return self.score_model(model)
+
+    score = __call__
+
+    def score_model(self, model) -> float:
+        """The score of ``model`` itself, in eval mode (its training mode is restored)."""
         was_training = model.training
         model.eval()
         try:
-            with apply_soft(model, anatomy, plan):
-                return float(self.measure(model))
+            return float(self.measure(model))
         finally:
             model.train(was_training)
-
-    score = __call__
 
     def measure(self, model) -> float:  # pragma: no cover
         raise NotImplementedError
@@ -135,7 +141,7 @@ def stratified_indices(sizes: dict[str, int], num_questions: int, seed: int) -> 
     return out
 
 
-class LMEvalScorer:
+class LMEvalScorer(_SoftScorer):
     """Accuracy of the subnet on an lm-eval multiple-choice task (or group), through the registered
     ``lm-eval`` evaluator, on a fixed seeded stratified draw of questions; a group scores the macro
     average over its subtasks (as the official code does for MMLU).
@@ -183,18 +189,15 @@ class LMEvalScorer:
             self._samples = stratified_indices(self.subtask_sizes(), self.num_questions, self.seed)
         return {k: list(v) for k, v in self._samples.items()}
 
-    def __call__(self, model, anatomy, subnet) -> float:
+    def measure(self, model) -> float:
         from ..plugins import get
 
         samples = self.samples()
-        evaluator = get("evaluators", "lm-eval")
-        with apply_soft(model, anatomy, as_plan(anatomy, subnet)):
-            result = evaluator(model, self.tokenizer, tasks=[self.task], samples=samples,
-                               num_fewshot=self.num_fewshot, batch_size=self.batch_size, seed=self.seed,
-                               include_path=self.include_path, max_length=self.max_length, bootstrap_iters=0)
+        result = get("evaluators", "lm-eval")(
+            model, self.tokenizer, tasks=[self.task], samples=samples, num_fewshot=self.num_fewshot,
+            batch_size=self.batch_size, seed=self.seed, include_path=self.include_path, max_length=self.max_length,
+            bootstrap_iters=0)
         return self.aggregate(result, samples)
-
-    score = __call__
 
     def aggregate(self, result: dict, samples: dict[str, list[int]]) -> float:
         """Macro average of ``metric`` over the leaf tasks (the value itself for one task)."""

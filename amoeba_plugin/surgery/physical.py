@@ -207,6 +207,18 @@ def build_config(model, anatomy: Anatomy, plan: Plan, state: dict, prefer: str =
     return stock if stock is not None else _amoeba_config(model, anatomy, specs, hidden)
 
 
+def _skipped_init():
+    """transformers' context that skips weight initialisation (what ``from_pretrained`` uses); a no-op
+    where this transformers lacks it."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        import contextlib
+
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def slice_model(model, anatomy: Anatomy, plan: Plan, patch: dict | None = None, prefer: str = "auto"):
     """A new, smaller model computing what ``apply_soft(model, anatomy, plan, patch)`` computes."""
     from transformers import AutoModelForCausalLM
@@ -214,7 +226,9 @@ def slice_model(model, anatomy: Anatomy, plan: Plan, patch: dict | None = None, 
     state = slice_state_dict(model, anatomy, plan, patch)
     config = build_config(model, anatomy, plan, state, prefer)
     dtype = next(model.parameters()).dtype
-    small = AmoebaForCausalLM(config) if isinstance(config, AmoebaConfig) else AutoModelForCausalLM.from_config(config)
+    with _skipped_init():  # every parameter is overwritten below (checked): random init would be wasted
+        small = (AmoebaForCausalLM(config) if isinstance(config, AmoebaConfig)
+                 else AutoModelForCausalLM.from_config(config))
     missing, unexpected = small.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (anatomy.tied_embeddings and k == "lm_head.weight")]
     if missing or unexpected:  # a bug, not a user error: the config and the sliced weights disagree
