@@ -302,3 +302,51 @@ def test_bad_options_fail_before_the_model_loads():
             preflight(PruningConfig(method="searchllm", budget="0.5", method_options=options))
     with pytest.raises(InvalidBudgetError, match="cannot meet a 'shape' budget"):
         preflight(PruningConfig(method="searchllm", budget="shape=layers:2"))
+
+
+def test_the_command_runs_exports_and_refuses_bad_settings_before_loading(tmp_path):
+    from click.testing import CliRunner
+    from test_cli import save_tiny
+    from transformers import AutoModelForCausalLM
+
+    from amoeba_plugin.cli.main import cli
+
+    model_dir = save_tiny(tmp_path / "tiny")
+    run = lambda *a: CliRunner().invoke(cli, ["--quiet", *map(str, a)], catch_exceptions=False)  # noqa: E731
+    common = ["searchllm", "run", model_dir, "--budget", "0.75", "--preset", "smoke", "--generations", "1",
+              "--samples", "12", "--seq-len", "32", "--fitness-windows", "4", "--tolerance", "0.1", "--no-eval"]
+    bad = run(*common, "--option", "mask_mutaton=constructive", "-o", tmp_path / "never")
+    assert bad.exit_code == 2 and "unknown option(s) for 'searchllm': mask_mutaton" in bad.output
+    assert not (tmp_path / "never").exists()
+    done = run(*common, "--work", tmp_path / "w", "-o", tmp_path / "out")
+    assert done.exit_code == 0, done.output
+    assert "all parameters" in done.output and "export written to" in done.output
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert type(reloaded).__name__ in ("AmoebaForCausalLM", "LlamaForCausalLM")
+    shown = run("searchllm", "show", tmp_path / "w")
+    assert shown.exit_code == 0 and "2 generations" in shown.output
+    again = run(*common, "--work", tmp_path / "w", "-o", tmp_path / "out", "--overwrite")  # resumes at the end
+    assert again.exit_code == 0, again.output
+
+
+@pytest.mark.slow
+def test_an_lm_eval_task_as_the_fitness():
+    """``fitness=lm-eval:TASK``: candidates are ranked by accuracy on a fixed draw of questions
+    (higher is better), on the embedded model and its calibration cloze task."""
+    pytest.importorskip("lm_eval")
+    from amoeba_plugin.api import get_calibration_dataset
+    from amoeba_plugin.models import load_model
+
+    model, tokenizer = load_model("amoeba-tiny-sotu")
+    anatomy = anatomy_of(model)
+    windows = get_calibration_dataset(tokenizer, "sotu:train", 12, 64, 0)
+    context = PruningContext(model=model, tokenizer=tokenizer, anatomy=anatomy, budget=Budget.parse("0.8"),
+                             options={"preset": "smoke", "generations": 1, "population": 2, "mutation": 1,
+                                      "crossover": 0, "fitness": "lm-eval:amoeba_sotu_cloze_calib",
+                                      "fitness_options": {"num_questions": 8, "max_length": 128},
+                                      "fitness_windows": 2, "tolerance": 0.1, "reformation": "none"},
+                             calibration=lambda: windows)
+    result = get("methods", "searchllm").prune(context)
+    info = result.info
+    assert info["fitness"]["name"] == "lm-eval" and info["fitness"]["higher_is_better"]
+    assert 0 <= info["initial"]["fitness"] <= info["best"]["fitness"] <= 1

@@ -3,8 +3,9 @@
 ``amoeba prune MODEL --method searchllm --budget 0.5`` runs the three stages on the run's calibration
 windows: salient-weight inheritance (:mod:`.init`), the evolutionary search (:mod:`.search`), then
 reformation of the column-pruned linears (the host's :func:`amoeba_plugin.reformation.reformation_patch`).
-The last ``fitness_windows`` calibration windows score candidates and nothing else; the others feed
-the saliency and the reformation, so the fitness never sees the text the weights were fitted on.
+The last ``fitness_windows`` calibration windows (cut to their first ``fitness_seq_len`` tokens, when
+set) score candidates and nothing else; the others feed the saliency and the reformation, so the
+fitness never sees the text the weights were fitted on.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from amoeba_plugin.methods import Method, PruneResult
 from .genome import Candidate
 from .init import initial_candidate, uniform_ratio, unit_saliency
 from .operators import DEPTH_RULES, MASK_MODES, Variation
-from .search import PRESETS, EvolutionSearch, SearchConfig
+from .search import PRESETS, EvolutionSearch, SearchConfig, SearchResult
 from .space import CostModel, SearchSpace, preset_ranges
 
 REFORMATIONS = ("exact", "admm", "none")
@@ -47,8 +48,8 @@ class SearchLLMMethod(Method):
     capabilities = frozenset({"depth", "width", "calibration", "changes_weights"})
     budget_kinds = ("params", "nonembed", "count", "macs")
     default_options = {
-        "preset": "paper", **{k: None for k in SEARCH_KEYS}, "tolerance": 0.02, "seed": None,
-        "fitness": "perplexity", "fitness_windows": 8, "fitness_options": {},
+        "preset": "paper", "search": True, **{k: None for k in SEARCH_KEYS}, "tolerance": 0.02, "seed": None,
+        "fitness": "perplexity", "fitness_windows": 8, "fitness_seq_len": None, "fitness_options": {},
         "attention_range": None, "mlp_range": None, "min_depth": None, "keep_last": 1, "mlp_multiple": 1,
         "mask_mutation": "constructive", "alpha": 0.8, "eta": 1000, "depth_rule": "influence",
         "saliency_damping": 0.01, "evaluation": "masked",
@@ -72,6 +73,10 @@ class SearchLLMMethod(Method):
         n = options["fitness_windows"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise AmoebaError(f"fitness_windows must be a positive integer, got {n!r}", "pass fitness_windows=8")
+        length = options["fitness_seq_len"]
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 2):
+            raise AmoebaError(f"fitness_seq_len must be an integer >= 2 or None, got {length!r}",
+                              "pass fitness_seq_len=128 (the first tokens of each fitness window) or leave it out")
         from amoeba_plugin.eval.scorers import check_spec
 
         check_spec(options["fitness"], "fitness")
@@ -92,7 +97,7 @@ class SearchLLMMethod(Method):
             raise DataError(f"the search needs more calibration windows than its {n_fit} fitness windows "
                             f"(got {len(windows)})", f"pass more calibration samples (e.g. --samples {4 * n_fit}) "
                             "or fewer fitness_windows")
-        statistics, fitness_windows = windows[:-n_fit], windows[-n_fit:]
+        statistics, fitness_windows = windows[:-n_fit], windows[-n_fit:, : options["fitness_seq_len"]]
         model, anatomy = context.model, context.anatomy
         timings = {}
 
@@ -126,7 +131,11 @@ class SearchLLMMethod(Method):
             describe={"fitness": scorer.describe(), "mask_mutation": options["mask_mutation"],
                       "alpha": options["alpha"], "depth_rule": options["depth_rule"],
                       "model": anatomy.fingerprint})
-        result = search.run(initial, restart=bool(options["restart"]))
+        if options["search"]:
+            result = search.run(initial, restart=bool(options["restart"]))
+        else:  # the salient-weight start as it is: one evaluation, for its fitness
+            fitness_of_start = search.score(initial)
+            result = SearchResult(best=initial, fitness=fitness_of_start, initial_fitness=fitness_of_start, evaluated=1)
         timings["search_seconds"] = round(result.seconds, 3)
 
         plan = result.best.to_plan(anatomy, method=self.name)

@@ -153,7 +153,8 @@ class EvolutionSearch:
         value = scores[key]
         return (self.sign * value if math.isfinite(value) else math.inf, key)
 
-    def _score(self, candidate: Candidate) -> float:
+    def score(self, candidate: Candidate) -> float:
+        """The fitness of one candidate (NaN for a non-finite score, which ranks last)."""
         value = float(self.fitness(candidate))
         return value if math.isfinite(value) else math.nan
 
@@ -223,7 +224,7 @@ class EvolutionSearch:
                             stats)
             t_eval = time.perf_counter()
             for i, (key, child) in enumerate(batch.items()):
-                scores[key] = self._score(child)
+                scores[key] = self.score(child)
                 report(f"generation {generation}: candidates", i + 1, len(batch))
             eval_seconds = time.perf_counter() - t_eval
             pool.update(batch)
