@@ -37,10 +37,9 @@ from amoeba_plugin.eval.scorers import PerplexityScorer  # noqa: E402
 from amoeba_plugin.models import load_model  # noqa: E402
 from amoeba_plugin.plan import Plan  # noqa: E402
 from amoeba_plugin.surgery import slice_model  # noqa: E402
-from amoeba_searchllm.init import initial_candidate, uniform_ratio, unit_saliency  # noqa: E402
+from amoeba_searchllm.init import prepare_start  # noqa: E402
 from amoeba_searchllm.operators import Variation  # noqa: E402
 from amoeba_searchllm.search import LOG, EvolutionSearch, SearchConfig  # noqa: E402
-from amoeba_searchllm.space import CostModel, SearchSpace, preset_ranges  # noqa: E402
 
 #: (population, generations): population doubles at fixed generations, generations double at fixed population
 GRID = ((10, 2), (10, 4), (10, 8), (20, 4), (40, 4))
@@ -81,16 +80,11 @@ def run(args) -> int:
     anatomy = anatomy_of(model)
     windows = calibration_windows(tokenizer, "sotu:train", args.samples, args.seq_len, args.seed)
     statistics, fitness_text = windows[:-args.fitness_windows], windows[-args.fitness_windows:, :args.fitness_seq_len]
-    budget = Budget.parse(args.budget)
-    cost = CostModel(anatomy, budget)
     t = time.perf_counter()
-    saliency = unit_saliency(model, anatomy, statistics)
+    prepared = prepare_start(model, anatomy, statistics, Budget.parse(args.budget))
     saliency_seconds = time.perf_counter() - t
-    probe = SearchSpace.build(anatomy, (1.0, 1.0), (1.0, 1.0), anatomy.num_layers)
-    ratio, pairs, channels = uniform_ratio(probe, cost)
-    table = preset_ranges(ratio)
-    space = SearchSpace.build(anatomy, table["attention"], table["mlp"], round(table["depth"] * anatomy.num_layers))
-    start = initial_candidate(space, saliency, pairs, channels)
+    space, cost, saliency, start, ratio = (prepared.space, prepared.cost, prepared.saliency, prepared.candidate,
+                                           prepared.ratio)
     scorer = PerplexityScorer(fitness_text)
     fitness = {"masked": lambda c: scorer(model, anatomy, c.to_plan(anatomy)),
                "sliced": lambda c: scorer.score_model(slice_model(model, anatomy, c.to_plan(anatomy)))}
@@ -111,7 +105,7 @@ def run(args) -> int:
                 "generations_log": [{"generation": g.generation, "evaluated": g.evaluated, "best": round(g.best, 4),
                                      "seconds": g.seconds} for g in result.history]}
 
-    results.get("start", lambda: {"saliency_seconds": round(saliency_seconds, 2), "uniform_ratio": round(ratio, 4),
+    results.get("start", lambda: {"start_seconds": round(saliency_seconds, 2), "uniform_ratio": round(ratio, 4),
                                   "space": space.describe(), "start_cost_ratio": round(start.cost(cost) / cost.full, 4)})
     for population, generations in GRID:
         results.get(f"masked P={population} G={generations}", lambda p=population, g=generations: search(p, g))
@@ -169,7 +163,7 @@ def markdown(data: dict, args) -> str:
     start = e["start"]
     lines = [f"Model `{args.model}`, budget `{args.budget}` (uniform start ratio {start['uniform_ratio']}); fitness: "
              f"perplexity on {args.fitness_windows}×{args.fitness_seq_len} tokens; {data.get('torch_threads')} torch "
-             f"thread(s); OBS saliency of the start: {start['saliency_seconds']} s. Mutation children are half the "
+             f"thread(s); the start (OBS saliency, block influence) took {start.get('start_seconds', start.get('saliency_seconds'))} s. Mutation children are half the "
              f"population, crossover 30%, parents 10% (at least 2).", "",
              "| population | generations | evaluation | candidates evaluated | wall s | candidates/s | s/generation | "
              "dropped (budget) | dropped (duplicate) | fitness start → best |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -19,7 +19,7 @@ from amoeba_plugin.errors import InvalidBudgetError
 from amoeba_plugin.plugins import get
 
 from .genome import Candidate
-from .space import CostModel, SearchSpace
+from .space import CostModel, SearchSpace, preset_ranges
 
 
 @dataclass
@@ -96,4 +96,34 @@ def initial_candidate(space: SearchSpace, saliency: Saliency, pairs: int, channe
     return c
 
 
-__all__ = ["Saliency", "initial_candidate", "uniform_ratio", "unit_saliency"]
+@dataclass
+class Start:
+    """Everything the search starts from: its space and cost model, the saliency, the start subnet and
+    the uniform ratio (with the pairs per group and MLP channels per layer) it was built with."""
+
+    space: SearchSpace
+    cost: CostModel
+    saliency: Saliency
+    candidate: Candidate
+    ratio: float
+    pairs: int
+    channels: int
+
+
+def prepare_start(model, anatomy, windows: torch.Tensor, budget, *, attention_range=None, mlp_range=None,
+                  min_depth: int | None = None, keep_last: int = 1, mlp_multiple: int = 1, damping: float = 0.01,
+                  batch_size: int = 8) -> Start:
+    """Saliency on ``windows``, the uniform ratio for ``budget``, the search space (Table 1's row for
+    that ratio unless ranges are given), and the start subnet."""
+    saliency = unit_saliency(model, anatomy, windows, damping=damping, batch_size=batch_size)
+    cost = CostModel(anatomy, budget)
+    whole = SearchSpace.build(anatomy, (1.0, 1.0), (1.0, 1.0), anatomy.num_layers)  # units only
+    ratio, pairs, channels = uniform_ratio(whole, cost)
+    table = preset_ranges(ratio)
+    space = SearchSpace.build(anatomy, attention_range or table["attention"], mlp_range or table["mlp"],
+                              min_depth or max(1, round(table["depth"] * anatomy.num_layers)),
+                              keep_last=keep_last, mlp_multiple=mlp_multiple)
+    return Start(space, cost, saliency, initial_candidate(space, saliency, pairs, channels), ratio, pairs, channels)
+
+
+__all__ = ["Saliency", "Start", "initial_candidate", "prepare_start", "uniform_ratio", "unit_saliency"]

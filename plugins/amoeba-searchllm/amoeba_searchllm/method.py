@@ -14,11 +14,9 @@ import time
 from amoeba_plugin.errors import AmoebaError, DataError
 from amoeba_plugin.methods import Method, PruneResult
 
-from .genome import Candidate
-from .init import initial_candidate, uniform_ratio, unit_saliency
+from .init import prepare_start
 from .operators import DEPTH_RULES, MASK_MODES, Variation
 from .search import PRESETS, EvolutionSearch, SearchConfig, SearchResult
-from .space import CostModel, SearchSpace, preset_ranges
 
 REFORMATIONS = ("exact", "admm", "none")
 #: how a candidate is scored: masks on the shared model, or a sliced copy (faster once the subnet is
@@ -102,23 +100,17 @@ class SearchLLMMethod(Method):
         timings = {}
 
         t = time.perf_counter()
-        saliency = unit_saliency(model, anatomy, statistics, damping=options["saliency_damping"],
-                                 batch_size=options["batch_size"])
-        cost = CostModel(anatomy, context.budget)
-        probe = SearchSpace.build(anatomy, (1.0, 1.0), (1.0, 1.0), anatomy.num_layers)
-        ratio, pairs, channels = uniform_ratio(probe, cost)
-        table = preset_ranges(ratio)
-        space = SearchSpace.build(
-            anatomy, _range(options["attention_range"], "attention_range") or table["attention"],
-            _range(options["mlp_range"], "mlp_range") or table["mlp"],
-            options["min_depth"] or max(1, round(table["depth"] * anatomy.num_layers)),
-            keep_last=options["keep_last"], mlp_multiple=options["mlp_multiple"])
-        initial = initial_candidate(space, saliency, pairs, channels)
+        start = prepare_start(model, anatomy, statistics, context.budget,
+                              attention_range=_range(options["attention_range"], "attention_range"),
+                              mlp_range=_range(options["mlp_range"], "mlp_range"), min_depth=options["min_depth"],
+                              keep_last=options["keep_last"], mlp_multiple=options["mlp_multiple"],
+                              damping=options["saliency_damping"], batch_size=options["batch_size"])
+        space, cost, initial = start.space, start.cost, start.candidate
         timings["initialisation_seconds"] = round(time.perf_counter() - t, 3)
 
         scorer = self._scorer(context, options, fitness_windows)
         variation = Variation(space, alpha=options["alpha"], mask_mode=options["mask_mutation"], eta=options["eta"],
-                              depth_rule=options["depth_rule"], influence=saliency.influence)
+                              depth_rule=options["depth_rule"], influence=start.saliency.influence)
         if options["evaluation"] == "sliced":
             from amoeba_plugin.surgery import slice_model
 
@@ -149,8 +141,7 @@ class SearchLLMMethod(Method):
                                       iterations=options["admm_iterations"], batch_size=options["batch_size"],
                                       inputs=options["reformation_inputs"], report=errors) or None
             timings["reformation_seconds"] = round(time.perf_counter() - t, 3)
-        info = self._info(context, options, cost, space, initial, result, ratio, pairs, channels, scorer, errors,
-                          timings, len(statistics))
+        info = self._info(context, options, start, result, scorer, errors, timings, len(statistics))
         return PruneResult(plan, patch=patch, info=info)
 
     # ------------------------------------------------------------------ pieces
@@ -167,20 +158,20 @@ class SearchLLMMethod(Method):
                                                         **dict(options["fitness_options"])})
 
     @staticmethod
-    def _info(context, options, cost, space, initial: Candidate, result, ratio, pairs, channels, scorer, errors,
-              timings, n_statistics) -> dict:
-        best = result.best
+    def _info(context, options, start, result, scorer, errors, timings, n_statistics) -> dict:
+        best, cost, initial = result.best, start.cost, start.candidate
         base = {"params": "all parameters", "count": "all parameters",
                 "nonembed": "blocks only (non-embedding parameters)", "macs": "MACs per token"}[context.budget.kind]
         summary = {
             "budget": str(context.budget), "budget_base": base, "target": cost.target,
             "window": [round(cost.target * (1 - options["tolerance"])), round(cost.target)],
-            "uniform_ratio": round(ratio, 6), "initial": {"pairs_per_group": pairs, "mlp_channels": channels,
+            "uniform_ratio": round(start.ratio, 6), "initial": {"pairs_per_group": start.pairs,
+                                                                "mlp_channels": start.channels,
                                                           "cost": initial.cost(cost), "fitness": result.initial_fitness},
             "best": {"cost": best.cost(cost), "cost_ratio": round(best.cost(cost) / cost.full, 6),
                      "fitness": result.fitness, **best.ratios()},
             "fitness": scorer.describe(), "fitness_windows": options["fitness_windows"],
-            "statistics_windows": n_statistics, "space": space.describe(),
+            "statistics_windows": n_statistics, "space": start.space.describe(),
             "generations": len(result.history) and result.history[-1].generation, "evaluated": result.evaluated,
             "resumed_from_generation": result.resumed_from, **timings,
         }
