@@ -8,7 +8,8 @@ moby-dick). Also per budget: the per-layer relative output error of o_proj/down_
 exact and ADMM reformation, how far the two solutions are apart, and the search's wall time and
 candidates per second.
 
-Results go to ``--out`` (JSON + Markdown); finished entries are kept, so an interrupted run resumes.
+Results go to ``--out`` (JSON + Markdown); finished entries are kept, and each search checkpoints under
+``--out/runs/``, so an interrupted run resumes.
 
     python benchmarks/searchllm_quality.py --threads 1
     python benchmarks/searchllm_quality.py --model smollm2-135m --preset quick --fitness-windows 4 \\
@@ -116,7 +117,9 @@ def run(args) -> int:
                 return row(result.plan, result.patch, prune_seconds=round(time.perf_counter() - began, 2))
             results.get(f"{budget} {name}", baseline)
 
-        for stage, options in (("init", {**search_options, "search": False}), ("search", search_options)):
+        work = out / "runs" / f"{budget}.search"  # the search's log, checkpoint and plot (resumable)
+        for stage, options in (("init", {**search_options, "search": False}),
+                               ("search", {**search_options, "checkpoint_dir": str(work)})):
             cached = {}
 
             def prune(stage=stage, options=options, budget=budget):

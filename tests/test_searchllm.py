@@ -324,7 +324,7 @@ def test_the_command_runs_exports_and_refuses_bad_settings_before_loading(tmp_pa
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert type(reloaded).__name__ in ("AmoebaForCausalLM", "LlamaForCausalLM")
     shown = run("searchllm", "show", tmp_path / "w")
-    assert shown.exit_code == 0 and "2 generations" in shown.output
+    assert shown.exit_code == 0 and "2 generations (finished)" in shown.output
     again = run(*common, "--work", tmp_path / "w", "-o", tmp_path / "out", "--overwrite")  # resumes at the end
     assert again.exit_code == 0, again.output
 
