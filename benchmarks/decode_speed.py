@@ -1,6 +1,6 @@
 """Decode speed of pruned exports against the dense model, measured side by side in one process.
 
-For each budget the embedded model (or ``--model``) is pruned with ``--method``, exported to a
+For each budget the embedded model (or ``--model``) is pruned with ``--method`` (one or several), exported to a
 temporary directory, and reloaded with stock ``AutoModelForCausalLM.from_pretrained``. Then greedy
 decoding (batch 1, KV cache, ``--new-tokens`` tokens after a fixed prompt) is timed for the dense
 model and every export, interleaved over ``--repeats`` rounds; the median is reported.
@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ from transformers import AutoModelForCausalLM
 
 import amoeba_plugin  # noqa: F401  (registers the amoeba architecture for heterogeneous exports)
 from amoeba_plugin.api import AmoebaPruner, PruningConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_methods import parse_method_options  # noqa: E402
 
 
 def decode_tokens_per_s(model, prompt: torch.Tensor, new_tokens: int) -> float:
@@ -37,7 +41,10 @@ def decode_tokens_per_s(model, prompt: torch.Tensor, new_tokens: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="amoeba-tiny-sotu")
-    ap.add_argument("--method", default="uniform-magnitude")
+    ap.add_argument("--method", default="uniform-magnitude", help="a method, or several comma-separated")
+    ap.add_argument("--method-options", action="append", default=[], metavar="SPEC",
+                    help="METHOD:key=value[,key=value] (repeatable), as in compare_methods.py")
+    ap.add_argument("--samples", type=int, default=32, help="calibration windows of 256 tokens")
     ap.add_argument("--budgets", default="0.5", help="comma-separated parameter fractions")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=32)
@@ -45,6 +52,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decode_speed.json")
     args = ap.parse_args()
+    options = parse_method_options(args.method_options)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -56,11 +64,13 @@ def main() -> None:
     params = {"dense": sum(p.numel() for p in dense.parameters())}
     with tempfile.TemporaryDirectory() as tmp:
         for b in args.budgets.split(","):
-            out = pruner.prune(PruningConfig(method=args.method, budget=b, evaluation=None),
-                               save_directory=Path(tmp) / f"b{b}")
-            name = f"{args.method}@{b}"
-            models[name] = AutoModelForCausalLM.from_pretrained(out.export_path).eval()
-            params[name] = sum(p.numel() for p in models[name].parameters())
+            for method in args.method.split(","):
+                config = PruningConfig(method=method, budget=b, evaluation=None, calibration_samples=args.samples,
+                                       method_options=options.get(method, {}))
+                out = pruner.prune(config, save_directory=Path(tmp) / f"{method}-b{b}")
+                name = f"{method}@{b}"
+                models[name] = AutoModelForCausalLM.from_pretrained(out.export_path).eval()
+                params[name] = sum(p.numel() for p in models[name].parameters())
         for m in models.values():  # warm-up
             decode_tokens_per_s(m, prompt, 8)
         rates: dict[str, list[float]] = {k: [] for k in models}
