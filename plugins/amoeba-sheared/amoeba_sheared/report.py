@@ -11,7 +11,7 @@ def proportions_history(run_dir) -> tuple[list[str], list[dict]]:
     domains, rows = [], []
     for r in read_log(run_dir):
         if r.get("event") in ("start", "resume") and not rows:
-            domains = list(r.get("reference", {}))
+            domains = r.get("domains", list(r.get("reference") or {}))
             rows.append({"step": r["step"], "proportions": r["proportions"]})
         elif r.get("event") == "proportions":
             domains = r["domains"]

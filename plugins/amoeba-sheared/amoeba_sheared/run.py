@@ -57,6 +57,8 @@ def read_info(model: str) -> dict | None:
 
 
 def _check_reference(data: DataConfig, model: str, stage: str) -> None:
+    if not data.dynamic:  # constant proportions need no reference
+        return
     kind, value = parse_reference(data.reference)
     if kind == "values":
         check_values(value, data.names)
@@ -101,13 +103,19 @@ def _start(run: RunDir, settings: dict, resume: bool, accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
-def _reference(run: RunDir, resume: bool, compute, names, accelerator) -> list[float]:
+def _reference(run: RunDir, resume: bool, compute, names, accelerator, dynamic: bool) -> list[float] | None:
+    if not dynamic:
+        return None
     if resume and (run / REFERENCE).is_file():
         return json.loads((run / REFERENCE).read_text())["losses"]
     losses = compute()
     if accelerator.is_main_process:
         (run / REFERENCE).write_text(json.dumps({"domains": names, "losses": losses}, indent=1))
     return losses
+
+
+def _named(names, values):
+    return None if values is None else dict(zip(names, values))
 
 
 def _export(run: RunDir, model, anatomy, plan, patch, tokenizer, sliced, info: dict) -> Path:
@@ -167,12 +175,12 @@ def prune(model: str, output, target: str | Budget = "0.5", data: DataConfig | N
     _start(run, settings, resume, accelerator)
     params = shape_plan(anatomy, shape).num_parameters(anatomy)
     reference = _reference(run, resume, lambda: reference_losses(data, domains, accelerator, source=loaded,
-                                                                 parameters=params), data.names, accelerator)
+                                                                 parameters=params), data.names, accelerator, data.dynamic)
     stage = PruningStage(loaded, anatomy, shape, options, train_config.steps, train_config.seed)
     result = train(stage, run, train_config, data, domains, accelerator, resume=resume, reference=reference,
                    proportions=data.proportions, stop_after=stop_after, show_progress=show_progress)
     summary = {"stage": "pruning", "target": shape.to_dict(), "budget": str(budget), **result,
-               "reference": dict(zip(data.names, reference)), "finished": result["steps"] >= train_config.steps}
+               "reference": _named(data.names, reference), "finished": result["steps"] >= train_config.steps}
     if not summary["finished"]:
         return summary
     final = stage.final_model()
@@ -192,7 +200,7 @@ def prune(model: str, output, target: str | Budget = "0.5", data: DataConfig | N
         info = {"method": "sheared", "budget": str(budget), "summary": {k: summary[k] for k in (
             "target", "steps", "parameters", "masked_vs_sliced_max_abs")},
             "sheared": {"stage": "pruning", "source_model": _model_id(model), "target": shape.to_dict(),
-                        "domains": data.names, "reference": dict(zip(data.names, reference)),
+                        "domains": data.names, "reference": _named(data.names, reference),
                         "reference_kind": data.reference, "final_proportions": result["final_proportions"]}}
         summary["model"] = str(_export(run, final, anatomy, plan, patch, tokenizer, sliced, info))
     return _finish_summary(run, summary, accelerator)
@@ -242,11 +250,11 @@ def pretrain(model: str, output, data: DataConfig | None = None, train_config: T
     _start(run, settings, resume, accelerator)
     params = sum(p.numel() for p in loaded.parameters())
     reference = _reference(run, resume, lambda: reference_losses(data, domains, accelerator, model=model,
-                                                                 parameters=params), data.names, accelerator)
+                                                                 parameters=params), data.names, accelerator, data.dynamic)
     stage = PretrainingStage(loaded)
     result = train(stage, run, train_config, data, domains, accelerator, resume=resume, reference=reference,
                    proportions=proportions, stop_after=stop_after, show_progress=show_progress)
-    summary = {"stage": "pretraining", "init": init, **result, "reference": dict(zip(data.names, reference)),
+    summary = {"stage": "pretraining", "init": init, **result, "reference": _named(data.names, reference),
                "finished": result["steps"] >= train_config.steps}
     if not summary["finished"]:
         return summary
@@ -259,7 +267,7 @@ def pretrain(model: str, output, data: DataConfig | None = None, train_config: T
         export_info = {"method": "sheared-cpt", "summary": {k: summary[k] for k in ("steps", "parameters", "tokens")},
                        "sheared": {**{k: v for k, v in info.items() if k != "final_proportions"},
                                    "stage": "pretraining", "domains": data.names,
-                                   "reference": dict(zip(data.names, reference)),
+                                   "reference": _named(data.names, reference) or info.get("reference"),
                                    "final_proportions": result["final_proportions"]}}
         summary["model"] = str(_export(run, final, anatomy, Plan.full(anatomy), None, tokenizer, None, export_info))
     return _finish_summary(run, summary, accelerator)

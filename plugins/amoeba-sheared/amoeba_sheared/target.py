@@ -145,6 +145,23 @@ def shape_plan(anatomy, shape: Shape, scores: dict | None = None, **provenance) 
                 provenance=dict(provenance))
 
 
+def metric_scores(model, anatomy, metric: str = "magnitude", calibration=None) -> dict:
+    """:func:`shape_plan` scores from a host importance metric (e.g. ``magnitude``, the uniform
+    baseline): a query-in-group index scores the sum of its heads over the groups, as the shared
+    query mask treats it."""
+    import torch
+
+    from amoeba_plugin.plugins import get
+
+    source = source_shape(anatomy)
+    units = get("metrics", metric).score_units(model, anatomy, ("layer", "kv_group", "query_head", "mlp_channel",
+                                                                "hidden_channel"), calibration)
+    heads = torch.stack([s.float() for s in units["query_head"]]).view(source.layers, source.kv_heads, -1)
+    return {"layer": units["layer"].float(), "kv": torch.stack([s.float() for s in units["kv_group"]]),
+            "query": heads.sum(1), "intermediate": torch.stack([s.float() for s in units["mlp_channel"]]),
+            "hidden": units["hidden_channel"].float()}
+
+
 def nearest_shape(anatomy, config, budget: Budget) -> Shape:
     """The shape a parameter budget (``params``, ``nonembed``, ``count``) becomes: every layer and
     KV group kept, one width factor ``w`` applied to the query heads per group (per head on MHA), the
@@ -211,5 +228,5 @@ def plan_is_shape(plan: Plan, anatomy, shape: Shape) -> bool:
         for r in rows)
 
 
-__all__ = ["STRUCTURES", "Shape", "family_expresses", "nearest_shape", "plan_is_shape", "resolve_target",
+__all__ = ["STRUCTURES", "Shape", "family_expresses", "metric_scores", "nearest_shape", "plan_is_shape", "resolve_target",
            "shape_of_config", "shape_plan", "source_shape", "target_sparsity"]

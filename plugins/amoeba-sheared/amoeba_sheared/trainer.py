@@ -166,7 +166,7 @@ def load_checkpoint(run: RunDir) -> tuple[dict, dict, dict]:
 
 # ---------------------------------------------------------------------- the loop
 def train(stage, run: RunDir, train: TrainConfig, data: DataConfig, domains, accelerator, *, resume: bool,
-          reference: list[float], proportions: list[float] | None, stop_after: int | None = None,
+          reference: list[float] | None, proportions: list[float] | None, stop_after: int | None = None,
           show_progress: bool = True) -> dict:
     """Train ``stage`` (see :class:`amoeba_sheared.prune.PruningStage` and
     :class:`amoeba_sheared.pretrain.PretrainingStage`) in ``run``; return a summary of this run."""
@@ -196,7 +196,8 @@ def train(stage, run: RunDir, train: TrainConfig, data: DataConfig, domains, acc
     wrapped, optimizer = accelerator.prepare(stage.module, optimizer)
     if main:
         run.log({"event": "resume" if start else "start", "step": start, "processes": world, "time": time.time(),
-                 "proportions": mixture.proportions.tolist(), "reference": dict(zip(mixture.names, reference))})
+                 "domains": mixture.names,
+                 "proportions": mixture.proportions.tolist(), "reference": None if reference is None else dict(zip(mixture.names, reference))})
         if not start:
             history.append({"step": 0, "proportions": mixture.proportions.tolist()})
 

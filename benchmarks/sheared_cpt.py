@@ -1,0 +1,231 @@
+"""Sheared-LLaMA end to end against its baselines, side by side in one process.
+
+On the embedded model, with three real domains of the shipped text (SOTU speeches, the Brown
+corpus, Moby-Dick; Brown and Moby-Dick split by document so their held-out part is never trained):
+
+0. the source: the embedded model (trained on SOTU only) continued on the uniform three-domain
+   mixture for ``--source-steps``, so every domain has a meaningful source reference loss;
+1. **sheared**: targeted pruning of the source to ``--shape`` (``--prune-steps``, dynamic batch
+   loading against the source's held-out losses), then continued pre-training (``--cpt-steps``,
+   dynamic, starting from pruning's final proportions);
+2. (c) **sheared, constant proportions**: the same two stages with the uniform mixture throughout;
+3. (b) **uniform magnitude**: the source sliced to the same shape by weight magnitude (top layers,
+   KV groups, shared queries per group, MLP and hidden channels), then the same CPT (dynamic);
+4. (a) **from scratch**: the same shape randomly initialised, trained on as many tokens as sheared's
+   pruning and CPT together (uniform mixture, ``--scratch-lr``).
+
+Held-out perplexity per domain is measured on windows disjoint from those the dynamic loader reads
+(the first ``--heldout-windows`` of every held-out split steer the proportions; the next
+``--report-windows`` are reported). Every stage is a resumable run directory under ``OUT/runs``
+(not committed); finished numbers are cached in ``results.json``, so an interrupted benchmark
+resumes. Writes ``results.json``, ``results.md`` and ``proportions.png`` under ``--out``.
+
+    python benchmarks/sheared_cpt.py --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from amoeba_sheared.config import DataConfig, TrainConfig  # noqa: E402
+from amoeba_sheared.domains import DEFAULT_DOMAINS, DomainSpec  # noqa: E402
+from amoeba_sheared.prune import PruneOptions  # noqa: E402
+from amoeba_sheared.report import plot_proportions, proportions_history  # noqa: E402
+from amoeba_sheared.run import pretrain, prune  # noqa: E402
+from amoeba_sheared.target import metric_scores, resolve_target, shape_plan, source_shape  # noqa: E402
+from compare_methods import machine_info, restored_settings, write_json_atomic  # noqa: E402
+
+import amoeba_plugin  # noqa: E402,F401
+from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
+from amoeba_plugin.budget import Budget  # noqa: E402
+from amoeba_plugin.data import eval_windows  # noqa: E402
+from amoeba_plugin.eval import PerplexityEvaluator  # noqa: E402
+from amoeba_plugin.export import ExportRequest, export  # noqa: E402
+from amoeba_plugin.models import load_model  # noqa: E402
+from amoeba_plugin.surgery import slice_model  # noqa: E402
+
+SHAPE = "shape=layers:6,heads:4,kv_heads:2,intermediate:384,hidden:192"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="amoeba-tiny-sotu")
+    p.add_argument("--shape", default=SHAPE)
+    p.add_argument("--source-steps", type=int, default=150)
+    p.add_argument("--prune-steps", type=int, default=120)
+    p.add_argument("--cpt-steps", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--source-lr", type=float, default=1e-3)
+    p.add_argument("--prune-lr", type=float, default=1e-3)
+    p.add_argument("--cpt-lr", type=float, default=1e-3)
+    p.add_argument("--scratch-lr", type=float, default=3e-3)
+    p.add_argument("--prune-update-every", type=int, default=20)
+    p.add_argument("--cpt-update-every", type=int, default=50)
+    p.add_argument("--heldout-windows", type=int, default=16)
+    p.add_argument("--report-windows", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", default=str(HERE / "results" / "sheared_cpt_tiny"))
+    return p
+
+
+class Results:
+    """A JSON file of finished entries; ``get(key, fn)`` computes an entry once."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path = path
+        old = json.loads(path.read_text()) if path.exists() else {}
+        self.data = old if old.get("settings") == meta["settings"] else {**meta, "entries": {}}
+        self.data.update({k: v for k, v in meta.items() if k != "settings"})
+
+    def get(self, key: str, fn):
+        if key not in self.data["entries"]:
+            began = time.perf_counter()
+            value = fn()
+            value["seconds"] = round(time.perf_counter() - began, 1)
+            self.data["entries"][key] = value
+            write_json_atomic(self.path, self.data)
+            print(f"  {key}: {json.dumps({k: v for k, v in value.items() if k != 'history'})[:300]}", flush=True)
+        return self.data["entries"][key]
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    with restored_settings(args.quiet):
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return run(args)
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    runs = out / "runs"
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads", "quiet")}
+    results = Results(out / "results.json", {"settings": settings, "machine": machine_info(),
+                                              "torch_threads": torch.get_num_threads()})
+    specs = [DomainSpec.parse(d) for d in DEFAULT_DOMAINS]
+    names = [s.name for s in specs]
+    _, tokenizer = load_model(args.model)
+    report = {s.name: eval_windows(tokenizer, s.heldout, args.seq_len, args.heldout_windows + args.report_windows)
+              [args.heldout_windows:] for s in specs}
+    ppl = PerplexityEvaluator()
+
+    def perplexities(model_dir) -> dict:
+        m, _ = load_model(str(model_dir))
+        values = {n: round(ppl.evaluate(m, tokenizer, windows=w, source=n)["perplexity"], 3) for n, w in report.items()}
+        values["geomean"] = round(math.exp(sum(math.log(v) for v in values.values()) / len(values)), 3)
+        return {"ppl": values, "parameters": sum(p.numel() for p in m.parameters()), "config": {
+            k: getattr(m.config, k) for k in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                              "intermediate_size", "hidden_size")}, "class": type(m).__name__}
+
+    def data(dynamic: bool, update_every: int, reference: str = "source") -> DataConfig:
+        return DataConfig(dynamic=dynamic, update_every=update_every, reference=reference,
+                          heldout_windows=args.heldout_windows)
+
+    def tc(steps, lr, warmup):
+        return TrainConfig(steps=steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=lr, warmup=warmup,
+                           save_every=max(10, steps // 4), log_every=10)
+
+    def stage_entry(summary: dict, run_dir: Path) -> dict:
+        return {"summary": {k: v for k, v in summary.items() if k not in ("proportions_history",)},
+                **perplexities(run_dir / "model"), "history": proportions_history(run_dir)}
+
+    results.get("original", lambda: perplexities(amoeba_plugin.models.resolve_model_path(args.model)))
+    source = runs / "source"
+    results.get("source", lambda: stage_entry(pretrain(
+        args.model, source, data(False, args.cpt_update_every), tc(args.source_steps, args.source_lr, 0.1),
+        show_progress=not args.quiet), source))
+    source_model = str(source / "model")
+
+    for label, dynamic in (("sheared", True), ("sheared-constant", False)):
+        pruned, cpt = runs / f"prune-{label}", runs / f"cpt-{label}"
+        results.get(f"{label}/pruned", lambda: stage_entry(prune(
+            source_model, pruned, args.shape, data(dynamic, args.prune_update_every),
+            tc(args.prune_steps, args.prune_lr, 0.1), PruneOptions(), show_progress=not args.quiet), pruned))
+        results.get(f"{label}/cpt", lambda: stage_entry(pretrain(
+            str(pruned / "model"), cpt, data(dynamic, args.cpt_update_every), tc(args.cpt_steps, args.cpt_lr, 0.03),
+            show_progress=not args.quiet), cpt))
+
+    magnitude, cpt_magnitude = runs / "magnitude", runs / "cpt-magnitude"
+
+    def magnitude_prune() -> dict:
+        model, tok = load_model(source_model)
+        anatomy = anatomy_of(model)
+        shape = resolve_target(source_shape(anatomy), Budget.parse(args.shape).value)
+        plan = shape_plan(anatomy, shape, metric_scores(model, anatomy, "magnitude"), method="uniform magnitude")
+        sliced = slice_model(model, anatomy, plan)
+        export("auto", ExportRequest(model, anatomy, plan, tok, info={"method": "uniform magnitude"}, sliced=sliced),
+               magnitude, overwrite=True)
+        return perplexities(magnitude)
+
+    results.get("magnitude/pruned", magnitude_prune)
+    results.get("magnitude/cpt", lambda: stage_entry(pretrain(
+        str(magnitude), cpt_magnitude, data(True, args.cpt_update_every, f"model:{source_model}"),
+        tc(args.cpt_steps, args.cpt_lr, 0.03), show_progress=not args.quiet), cpt_magnitude))
+
+    scratch = runs / "scratch"
+    results.get("scratch/cpt", lambda: stage_entry(pretrain(
+        str(magnitude), scratch, data(False, args.cpt_update_every, f"model:{source_model}"),
+        tc(args.prune_steps + args.cpt_steps, args.scratch_lr, 0.1), init="random",
+        show_progress=not args.quiet), scratch))
+
+    results.data["tokens"] = {"per_step": args.batch_size * args.seq_len,
+                              "source": args.source_steps * args.batch_size * args.seq_len,
+                              "pruning": args.prune_steps * args.batch_size * args.seq_len,
+                              "cpt": args.cpt_steps * args.batch_size * args.seq_len,
+                              "scratch": (args.prune_steps + args.cpt_steps) * args.batch_size * args.seq_len}
+    write_json_atomic(out / "results.json", results.data)
+    (out / "results.md").write_text(markdown(results.data, names))
+    e = results.data["entries"]
+    plot_proportions({"sheared: pruning": tuple(e["sheared/pruned"]["history"]),
+                      "sheared: CPT": tuple(e["sheared/cpt"]["history"]),
+                      "uniform magnitude: CPT": tuple(e["magnitude/cpt"]["history"])},
+                     out / "proportions.png", "Dynamic batch loading: domain proportions (embedded model)")
+    print((out / "results.md").read_text())
+    return 0
+
+
+def markdown(data: dict, names: list[str]) -> str:
+    e, t = data["entries"], data["tokens"]
+    cols = names + ["geomean"]
+    lines = ["| model | stage | parameters | " + " | ".join(f"{c} ppl" for c in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
+
+    def row(label, stage, entry):
+        lines.append(f"| {label} | {stage} | {entry['parameters']:,} | "
+                     + " | ".join(f"{entry['ppl'][c]:.2f}" for c in cols) + " |")
+
+    row("embedded model (SOTU only)", "-", e["original"])
+    row("source (embedded + 3-domain mixture)", f"{t['source']:,} tokens", e["source"])
+    for key, label in (("sheared", "**Sheared** (dynamic loading)"), ("sheared-constant", "(c) Sheared, constant proportions"),
+                       ("magnitude", "(b) uniform magnitude + CPT (dynamic)")):
+        row(label, "pruned" + (f" ({t['pruning']:,} tokens)" if key != "magnitude" else " (no training)"),
+            e[f"{key}/pruned"])
+        row(label, f"+ CPT ({t['cpt']:,} tokens)", e[f"{key}/cpt"])
+    row("(a) from scratch (same shape)", f"{t['scratch']:,} tokens", e["scratch/cpt"])
+    s = e["sheared/pruned"]["summary"]
+    lines += ["", f"Target shape: {s['target']}; exported as `{e['sheared/pruned']['class']}` "
+              f"(config: {e['sheared/pruned']['config']}); masked vs sliced logits: max |diff| "
+              f"{s['masked_vs_sliced_max_abs']:.2e}.", "",
+              "Final proportions (" + ", ".join(names) + "):"]
+    for key in ("sheared/pruned", "sheared/cpt", "magnitude/cpt"):
+        lines.append(f"* {key}: " + ", ".join(f"{p:.3f}" for p in e[key]["summary"]["final_proportions"]))
+    lines += ["", "Reference losses (source model, update windows): "
+              + ", ".join(f"{n} {v:.3f}" for n, v in e["sheared/pruned"]["summary"]["reference"].items())]
+    lines += ["", "Wall time (s): " + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in e.items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
