@@ -104,7 +104,7 @@ class Lagrangian(nn.Module):
         return total
 
     def values(self) -> dict[str, list[float]]:
-        return {f: [round(float(self.lambda_1[f]), 5), round(float(self.lambda_2[f]), 5)] for f in self.lambda_1}
+        return {f: [round(self.lambda_1[f].item(), 5), round(self.lambda_2[f].item(), 5)] for f in self.lambda_1}
 
 
 __all__ = ["Lagrangian", "ShearingMasks", "expected_parameters"]
