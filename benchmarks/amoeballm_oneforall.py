@@ -37,7 +37,7 @@ from amoeba_amoeballm.extract import choose_shape, decode_ms_per_token, extract 
 from amoeba_amoeballm.select import SelectionConfig, run_selection  # noqa: E402
 from amoeba_amoeballm.smol import SMoLConfig  # noqa: E402
 from amoeba_amoeballm.train import TrainConfig, lora_finetune, train_bundle  # noqa: E402
-from compare_methods import machine_info, write_json_atomic  # noqa: E402
+from compare_methods import EntryCache, machine_info, write_json_atomic  # noqa: E402
 
 import amoeba_plugin  # noqa: E402,F401
 from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
@@ -68,27 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Results:
-    """A JSON file of finished entries; ``get(key, fn)`` computes an entry once."""
-
-    def __init__(self, path: Path, meta: dict):
-        self.path = path
-        old = json.loads(path.read_text()) if path.exists() else {}
-        same = old.get("settings") == meta["settings"]
-        self.data = old if same else {**meta, "entries": {}}
-        self.data.update({k: v for k, v in meta.items() if k != "settings"})
-
-    def get(self, key: str, fn):
-        if key not in self.data["entries"]:
-            began = time.perf_counter()
-            value = fn()
-            value["seconds"] = round(time.perf_counter() - began, 2)
-            self.data["entries"][key] = value
-            write_json_atomic(self.path, self.data)
-            print(f"  {key}: {json.dumps({k: v for k, v in value.items() if k != 'shape_rows'})[:200]}", flush=True)
-        return self.data["entries"][key]
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -98,8 +77,8 @@ def main(argv=None) -> int:
     budgets = [float(b) for b in args.budgets.split(",")]
     widths = tuple(float(w) for w in args.widths.split(","))
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads")}
-    results = Results(out / "results.json", {"settings": settings, "machine": machine_info(),
-                                              "torch_threads": torch.get_num_threads()})
+    results = EntryCache(out / "results.json", {"settings": settings, "machine": machine_info(),
+                                              "torch_threads": torch.get_num_threads()}, hide=("shape_rows",))
 
     model, tokenizer = load_model(args.model)
     anatomy = anatomy_of(model)

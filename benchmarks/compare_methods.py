@@ -366,6 +366,28 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+class EntryCache:
+    """A JSON file of finished benchmark entries; ``get(key, fn)`` computes an entry once (so a
+    long benchmark resumes). Entries made with other ``meta["settings"]`` are dropped; ``hide``
+    names fields left out of the one-line report printed for each new entry."""
+
+    def __init__(self, path: Path, meta: dict, hide: tuple[str, ...] = ()):
+        self.path, self.hide = path, hide
+        old = json.loads(path.read_text()) if path.exists() else {}
+        self.data = old if old.get("settings") == meta["settings"] else {**meta, "entries": {}}
+        self.data.update({k: v for k, v in meta.items() if k != "settings"})
+
+    def get(self, key: str, fn):
+        if key not in self.data["entries"]:
+            began = time.perf_counter()
+            value = fn()
+            value["seconds"] = round(time.perf_counter() - began, 2)
+            self.data["entries"][key] = value
+            write_json_atomic(self.path, self.data)
+            print(f"  {key}: {json.dumps({k: v for k, v in value.items() if k not in self.hide})[:300]}", flush=True)
+        return self.data["entries"][key]
+
+
 # ---------------------------------------------------------------------- the runs
 class Harness:
     def __init__(self, args, log):

@@ -25,10 +25,8 @@ resumes. Writes ``results.json``, ``results.md`` and ``proportions.png`` under `
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -42,7 +40,7 @@ from amoeba_sheared.prune import PruneOptions  # noqa: E402
 from amoeba_sheared.report import plot_proportions, proportions_history  # noqa: E402
 from amoeba_sheared.run import pretrain, prune  # noqa: E402
 from amoeba_sheared.target import metric_scores, resolve_target, shape_plan, source_shape  # noqa: E402
-from compare_methods import machine_info, restored_settings, write_json_atomic  # noqa: E402
+from compare_methods import EntryCache, machine_info, restored_settings, write_json_atomic  # noqa: E402
 
 import amoeba_plugin  # noqa: E402,F401
 from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
@@ -79,26 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Results:
-    """A JSON file of finished entries; ``get(key, fn)`` computes an entry once."""
-
-    def __init__(self, path: Path, meta: dict):
-        self.path = path
-        old = json.loads(path.read_text()) if path.exists() else {}
-        self.data = old if old.get("settings") == meta["settings"] else {**meta, "entries": {}}
-        self.data.update({k: v for k, v in meta.items() if k != "settings"})
-
-    def get(self, key: str, fn):
-        if key not in self.data["entries"]:
-            began = time.perf_counter()
-            value = fn()
-            value["seconds"] = round(time.perf_counter() - began, 1)
-            self.data["entries"][key] = value
-            write_json_atomic(self.path, self.data)
-            print(f"  {key}: {json.dumps({k: v for k, v in value.items() if k != 'history'})[:300]}", flush=True)
-        return self.data["entries"][key]
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     with restored_settings(args.quiet):
@@ -112,8 +90,8 @@ def run(args) -> int:
     runs = out / "runs"
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads", "quiet")}
-    results = Results(out / "results.json", {"settings": settings, "machine": machine_info(),
-                                              "torch_threads": torch.get_num_threads()})
+    results = EntryCache(out / "results.json", {"settings": settings, "machine": machine_info(),
+                                              "torch_threads": torch.get_num_threads()}, hide=("history",))
     specs = [DomainSpec.parse(d) for d in DEFAULT_DOMAINS]
     names = [s.name for s in specs]
     _, tokenizer = load_model(args.model)

@@ -51,9 +51,9 @@ class ShearedMethod(Method):
                               reference=o["reference"])
             seq_len = 256
             domains = load_domains(context.tokenizer, data.specs, seq_len, data.heldout_windows)
-        else:  # the calibration windows, one domain (no reweighting)
+        else:  # the calibration windows as one domain; the loop reads only data's update settings
             windows = self.calibration_windows(context)
-            data, seq_len = DataConfig(dynamic=False, domains=["sotu=sotu:train,sotu:validation"]), windows.shape[1]
+            data, seq_len = DataConfig(dynamic=False), windows.shape[1]
             domains = [Domain("calibration", windows, windows[:1])]
         train_config = TrainConfig(steps=o["steps"], batch_size=o["batch_size"], lr=o["lr"], warmup=o["warmup"],
                                    seq_len=seq_len, save_every=o["steps"], log_every=max(1, o["steps"] // 10),

@@ -8,7 +8,6 @@ family's config expresses the shape). Nothing is written before the checks pass.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
