@@ -91,7 +91,7 @@ class PruningStage:
         target = self.masks.target_at(step, self.warmup_steps)
         lag = self.lagrangian(expected, target)
         self._last = {"lagrangian": round(float(lag.detach()), 6), "target_sparsity": {f: round(t, 5) for f, t in target.items()},
-                      "expected_sparsity": {f: round(float(s.mean()), 5) for f, s in expected.items()}}
+                      "expected_sparsity": {f: round(s.detach().mean().item(), 5) for f, s in expected.items()}}
         return lag
 
     def after_step(self) -> None:
