@@ -388,6 +388,17 @@ def test_method_in_the_common_prune_api(tmp_path):
         assert torch.allclose(reloaded(input_ids=ids).logits, out.model(input_ids=ids).logits, atol=1e-5)
 
 
+def test_amoeba_prune_method_sheared_to_a_shape(tmp_path):
+    from amoeba_plugin.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["prune", EMBEDDED, "--method", "sheared", "--budget", "shape=layers:7,intermediate:320",
+                                 "--samples", "4", "--seq-len", "64", "--option", "steps=1", "--option", "batch_size=2",
+                                 "--no-eval", "-o", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert (config["model_type"], config["num_hidden_layers"], config["intermediate_size"]) == ("llama", 7, 320)
+
+
 # ---------------------------------------------------------------------- several processes, a killed run
 def _launch(args, port, timeout=900):
     import os

@@ -87,7 +87,8 @@ def sheared():
 @sheared.command()
 @click.argument("model")
 @click.option("--target", "-t", required=True,
-              help="shape=layers:6,heads:4,kv_heads:2,intermediate:384,hidden:192, or a parameter budget (0.5, nonembed=0.4, count=3e6).")
+              help="shape=layers:6,heads:4,kv_heads:2,intermediate:384,hidden:192, "
+                   "or a parameter budget (0.5, nonembed=0.4, count=3e6).")
 @click.option("--weights", type=click.Choice(["full", "frozen", "lora"]), default="full", show_default=True,
               help="Train the weights with the masks, freeze them, or train LoRA adapters instead.")
 @click.option("--lora-rank", type=int, default=8, show_default=True)
@@ -143,13 +144,13 @@ def reference(model, domains, scaling, parameters, seq_len, heldout_windows):
     from .config import DataConfig
 
     if scaling:
-        from .reference import fit_scaling_law, predict
+        from .reference import fit_scaling_law, predict, read_family
 
         if parameters is None:
             raise AmoebaError("--scaling needs --parameters, the size to predict for", "add e.g. --parameters 3.3e6")
-        data = json.loads(open(scaling).read())
-        for name, losses in data["losses"].items():
-            fit = fit_scaling_law(data["parameters"], losses)
+        sizes, family = read_family(scaling)
+        for name, losses in family.items():
+            fit = fit_scaling_law(sizes, losses)
             click.echo(f"{name}: L(N) = {fit[0]:.4g} / N^{fit[1]:.4f} + {fit[2]:.4f}  ->  {predict(fit, parameters):.4f}")
         return
     if model is None:

@@ -7,7 +7,10 @@ The gates multiply activations (see :mod:`.masked`); each product becomes a weig
 | head (``kv`` x ``query``) | the head's columns of ``o_proj`` (GQA: v is shared by a group's heads, so not v's rows) |
 | ``intermediate`` | the channel's column of ``down_proj`` |
 | ``layer`` x ``hidden`` | the rows (and bias) of ``o_proj`` and ``down_proj`` |
-| ``hidden`` | embedding columns (tied: the LM head with them), each layer's two RMSNorm weights, and an untied LM head's columns; the final norm's weight is not scaled, so the hidden gate reaches the logits once (the official code scales both and applies it twice) |
+| ``hidden`` | embedding columns (tied: the LM head with them), each layer's two RMSNorm weights, an untied LM head's columns |
+
+The final norm's weight is not scaled, so the hidden gate reaches the logits once (the official code
+scales both the final norm and the LM head, applying it twice).
 
 The patch (source-named tensors of the source shape) and the plan go to the host's
 ``slice_model``, which builds the smaller model; the result computes what the masked model with the

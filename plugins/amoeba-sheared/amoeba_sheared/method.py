@@ -32,7 +32,8 @@ class ShearedMethod(Method):
     budget_kinds = BUDGET_KINDS
     default_options = {"steps": 50, "batch_size": 4, "lr": 1e-4, "warmup": 0.1, "weights": "full", "mask_lr": 1.0,
                        "lambda_lr": 1.0, "target_warmup": 0.2, "lora_rank": 8, "lora_alpha": 16.0,
-                       "domains": None, "dynamic": True, "update_every": 50, "reference": "source"}
+                       "domains": None, "dynamic": True, "update_every": 50, "reference": "source",
+                       "seq_len": 256}
 
     def prune(self, context):
         from accelerate import Accelerator
@@ -49,7 +50,7 @@ class ShearedMethod(Method):
         if o["domains"]:
             data = DataConfig(domains=o["domains"], dynamic=o["dynamic"], update_every=o["update_every"],
                               reference=o["reference"])
-            seq_len = 256
+            seq_len = o["seq_len"]
             domains = load_domains(context.tokenizer, data.specs, seq_len, data.heldout_windows)
         else:  # the calibration windows as one domain; the loop reads only data's update settings
             windows = self.calibration_windows(context)

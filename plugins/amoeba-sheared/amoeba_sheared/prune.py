@@ -90,7 +90,8 @@ class PruningStage:
     def regulariser(self, expected: dict, step: int) -> torch.Tensor:
         target = self.masks.target_at(step, self.warmup_steps)
         lag = self.lagrangian(expected, target)
-        self._last = {"lagrangian": round(float(lag.detach()), 6), "target_sparsity": {f: round(t, 5) for f, t in target.items()},
+        self._last = {"lagrangian": round(float(lag.detach()), 6),
+                      "target_sparsity": {f: round(t, 5) for f, t in target.items()},
                       "expected_sparsity": {f: round(s.detach().mean().item(), 5) for f, s in expected.items()}}
         return lag
 

@@ -58,15 +58,23 @@ def predict(fit: tuple[float, float, float], parameters: float) -> float:
     return a / float(parameters) ** b + c
 
 
-def scaling_reference(path, domains: list[str], parameters: float) -> dict[str, float]:
-    """Reference losses at ``parameters`` from a FILE of measured family losses."""
+def read_family(path) -> tuple[list[float], dict[str, list[float]]]:
+    """``(sizes, {domain: losses})`` from a FILE of losses measured on a model family."""
     p = Path(path).expanduser()
     try:
         data = json.loads(p.read_text())
-        sizes, losses = data["parameters"], data["losses"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        sizes, losses = [float(n) for n in data["parameters"]], {d: [float(v) for v in ls]
+                                                                 for d, ls in data["losses"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"cannot read the scaling-law file {p} ({type(exc).__name__}: {exc})",
                         'write JSON {"parameters": [N1, N2, N3], "losses": {"DOMAIN": [L1, L2, L3]}}') from None
+    return sizes, losses
+
+
+def scaling_reference(path, domains: list[str], parameters: float) -> dict[str, float]:
+    """Reference losses at ``parameters`` from a FILE of measured family losses."""
+    p = Path(path).expanduser()
+    sizes, losses = read_family(p)
     missing = [d for d in domains if d not in losses]
     if missing:
         raise DataError(f"the scaling-law file {p} has no losses for domain(s) {', '.join(missing)}",
@@ -100,4 +108,4 @@ def check_values(values: dict[str, float], domains: list[str]) -> dict[str, floa
     return {d: float(values[d]) for d in domains}
 
 
-__all__ = ["check_values", "fit_scaling_law", "parse_reference", "predict", "scaling_reference"]
+__all__ = ["check_values", "fit_scaling_law", "parse_reference", "predict", "read_family", "scaling_reference"]

@@ -19,7 +19,6 @@ from amoeba_plugin.plan import LayerPlan, Plan, source_info
 
 #: the mask families, in the order logs and docs list them
 STRUCTURES = ("layer", "kv", "query", "intermediate", "hidden")
-_SHAPE_FIX = "write e.g. --target shape=layers:6,heads:4,kv_heads:2,intermediate:384,hidden:192, or a parameter budget such as 0.5"
 
 
 @dataclass(frozen=True)

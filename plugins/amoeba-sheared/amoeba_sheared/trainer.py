@@ -196,8 +196,8 @@ def train(stage, run: RunDir, train: TrainConfig, data: DataConfig, domains, acc
     wrapped, optimizer = accelerator.prepare(stage.module, optimizer)
     if main:
         run.log({"event": "resume" if start else "start", "step": start, "processes": world, "time": time.time(),
-                 "domains": mixture.names,
-                 "proportions": mixture.proportions.tolist(), "reference": None if reference is None else dict(zip(mixture.names, reference))})
+                 "domains": mixture.names, "proportions": mixture.proportions.tolist(),
+                 "reference": None if reference is None else dict(zip(mixture.names, reference))})
         if not start:
             history.append({"step": 0, "proportions": mixture.proportions.tolist()})
 
