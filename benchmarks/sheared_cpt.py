@@ -158,6 +158,17 @@ def run(args) -> int:
         tc(args.prune_steps + args.cpt_steps, args.scratch_lr, 0.1), init="random",
         show_progress=not args.quiet), scratch))
 
+    # learning-rate check: each arm at the other's learning rate (CPT 1e-3 vs scratch 3e-3 by default)
+    lr_cpt = runs / "cpt-sheared-scratch-lr"
+    results.get("sheared/cpt@scratch-lr", lambda: stage_entry(pretrain(
+        str(runs / "prune-sheared" / "model"), lr_cpt, data(True, args.cpt_update_every),
+        tc(args.cpt_steps, args.scratch_lr, 0.03), show_progress=not args.quiet), lr_cpt))
+    lr_scratch = runs / "scratch-cpt-lr"
+    results.get("scratch/cpt@cpt-lr", lambda: stage_entry(pretrain(
+        str(magnitude), lr_scratch, data(False, args.cpt_update_every, f"model:{source_model}"),
+        tc(args.prune_steps + args.cpt_steps, args.cpt_lr, 0.1), init="random",
+        show_progress=not args.quiet), lr_scratch))
+
     results.data["tokens"] = {"per_step": args.batch_size * args.seq_len,
                               "source": args.source_steps * args.batch_size * args.seq_len,
                               "pruning": args.prune_steps * args.batch_size * args.seq_len,
@@ -166,32 +177,43 @@ def run(args) -> int:
     write_json_atomic(out / "results.json", results.data)
     (out / "results.md").write_text(markdown(results.data, names))
     e = results.data["entries"]
-    plot_proportions({"sheared: pruning": tuple(e["sheared/pruned"]["history"]),
-                      "sheared: CPT": tuple(e["sheared/cpt"]["history"]),
-                      "uniform magnitude: CPT": tuple(e["magnitude/cpt"]["history"])},
+    plot_proportions({"Sheared: pruning": tuple(e["sheared/pruned"]["history"]),
+                      "Sheared: CPT": tuple(e["sheared/cpt"]["history"]),
+                      "(b) uniform magnitude: CPT": tuple(e["magnitude/cpt"]["history"])},
                      out / "proportions.png", "Dynamic batch loading: domain proportions (embedded model)")
     print((out / "results.md").read_text())
     return 0
 
 
 def markdown(data: dict, names: list[str]) -> str:
+    """The table: per-domain held-out perplexity, their geometric mean, and the worst domain's
+    perplexity relative to the source's (Sheared's aim: every domain back to its reference)."""
     e, t = data["entries"], data["tokens"]
     cols = names + ["geomean"]
-    lines = ["| model | stage | parameters | " + " | ".join(f"{c} ppl" for c in cols) + " |",
-             "|---|---|---|" + "---|" * len(cols)]
+    source = e["source"]["ppl"]
+    lines = ["| model | stage | parameters | " + " | ".join(f"{c} ppl" for c in cols) + " | worst domain / source |",
+             "|---|---|---|" + "---|" * len(cols) + "---|"]
 
     def row(label, stage, entry):
+        worst = max(entry["ppl"][n] / source[n] for n in names)
         lines.append(f"| {label} | {stage} | {entry['parameters']:,} | "
-                     + " | ".join(f"{entry['ppl'][c]:.2f}" for c in cols) + " |")
+                     + " | ".join(f"{entry['ppl'][c]:.2f}" for c in cols) + f" | {worst:.3f} |")
 
     row("embedded model (SOTU only)", "-", e["original"])
-    row("source (embedded + 3-domain mixture)", f"{t['source']:,} tokens", e["source"])
-    for key, label in (("sheared", "**Sheared** (dynamic loading)"), ("sheared-constant", "(c) Sheared, constant proportions"),
+    row("source (embedded + 3-domain mixture)", f"+{t['source']:,} tokens", e["source"])
+    for key, label in (("sheared", "**Sheared** (dynamic loading)"),
+                       ("sheared-constant", "(c) Sheared, constant proportions"),
                        ("magnitude", "(b) uniform magnitude + CPT (dynamic)")):
         row(label, "pruned" + (f" ({t['pruning']:,} tokens)" if key != "magnitude" else " (no training)"),
             e[f"{key}/pruned"])
         row(label, f"+ CPT ({t['cpt']:,} tokens)", e[f"{key}/cpt"])
     row("(a) from scratch (same shape)", f"{t['scratch']:,} tokens", e["scratch/cpt"])
+    lr = data["settings"]
+    lines += ["", f"Learning-rate check (each arm at the other's peak learning rate; CPT {lr['cpt_lr']:g}, "
+              f"scratch {lr['scratch_lr']:g} above):", "", lines[0], lines[1]]
+    row(f"**Sheared** (dynamic loading), CPT at lr {lr['scratch_lr']:g}", f"+ CPT ({t['cpt']:,} tokens)",
+        e["sheared/cpt@scratch-lr"])
+    row(f"(a) from scratch, lr {lr['cpt_lr']:g}", f"{t['scratch']:,} tokens", e["scratch/cpt@cpt-lr"])
     s = e["sheared/pruned"]["summary"]
     lines += ["", f"Target shape: {s['target']}; exported as `{e['sheared/pruned']['class']}` "
               f"(config: {e['sheared/pruned']['config']}); masked vs sliced logits: max |diff| "
@@ -199,8 +221,8 @@ def markdown(data: dict, names: list[str]) -> str:
               "Final proportions (" + ", ".join(names) + "):"]
     for key in ("sheared/pruned", "sheared/cpt", "magnitude/cpt"):
         lines.append(f"* {key}: " + ", ".join(f"{p:.3f}" for p in e[key]["summary"]["final_proportions"]))
-    lines += ["", "Reference losses (source model, update windows): "
-              + ", ".join(f"{n} {v:.3f}" for n, v in e["sheared/pruned"]["summary"]["reference"].items())]
+    lines += ["", "Reference losses (the source model on the update windows): "
+              + ", ".join(f"{n} {v:.3f}" for n, v in s["reference"].items())]
     lines += ["", "Wall time (s): " + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in e.items())]
     return "\n".join(lines) + "\n"
 
