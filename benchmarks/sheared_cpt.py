@@ -119,23 +119,27 @@ def run(args) -> int:
         return {"summary": {k: v for k, v in summary.items() if k not in ("proportions_history",)},
                 **perplexities(run_dir / "model"), "history": proportions_history(run_dir)}
 
+    def trained(key, run_name, model, dynamic, lr, reference="source", steps=None, warmup=0.03, init="pretrained"):
+        """An entry made by (continued) pre-training ``model`` in ``runs/run_name``."""
+        run_dir = runs / run_name
+        return results.get(key, lambda: stage_entry(pretrain(
+            str(model), run_dir, data(dynamic, args.cpt_update_every, reference),
+            tc(steps or args.cpt_steps, lr, warmup), init=init, show_progress=not args.quiet), run_dir))
+
     results.get("original", lambda: perplexities(amoeba_plugin.models.resolve_model_path(args.model)))
-    source = runs / "source"
-    results.get("source", lambda: stage_entry(pretrain(
-        args.model, source, data(False, args.cpt_update_every), tc(args.source_steps, args.source_lr, 0.1),
-        show_progress=not args.quiet), source))
-    source_model = str(source / "model")
+    trained("source", "source", args.model, False, args.source_lr, steps=args.source_steps, warmup=0.1)
+    source_model = str(runs / "source" / "model")
+    from_source = f"model:{source_model}"
+    scratch_steps = args.prune_steps + args.cpt_steps
 
     for label, dynamic in (("sheared", True), ("sheared-constant", False)):
-        pruned, cpt = runs / f"prune-{label}", runs / f"cpt-{label}"
+        pruned = runs / f"prune-{label}"
         results.get(f"{label}/pruned", lambda: stage_entry(prune(
             source_model, pruned, args.shape, data(dynamic, args.prune_update_every),
             tc(args.prune_steps, args.prune_lr, 0.1), PruneOptions(), show_progress=not args.quiet), pruned))
-        results.get(f"{label}/cpt", lambda: stage_entry(pretrain(
-            str(pruned / "model"), cpt, data(dynamic, args.cpt_update_every), tc(args.cpt_steps, args.cpt_lr, 0.03),
-            show_progress=not args.quiet), cpt))
+        trained(f"{label}/cpt", f"cpt-{label}", pruned / "model", dynamic, args.cpt_lr)
 
-    magnitude, cpt_magnitude = runs / "magnitude", runs / "cpt-magnitude"
+    magnitude = runs / "magnitude"
 
     def magnitude_prune() -> dict:
         model, tok = load_model(source_model)
@@ -148,26 +152,13 @@ def run(args) -> int:
         return perplexities(magnitude)
 
     results.get("magnitude/pruned", magnitude_prune)
-    results.get("magnitude/cpt", lambda: stage_entry(pretrain(
-        str(magnitude), cpt_magnitude, data(True, args.cpt_update_every, f"model:{source_model}"),
-        tc(args.cpt_steps, args.cpt_lr, 0.03), show_progress=not args.quiet), cpt_magnitude))
-
-    scratch = runs / "scratch"
-    results.get("scratch/cpt", lambda: stage_entry(pretrain(
-        str(magnitude), scratch, data(False, args.cpt_update_every, f"model:{source_model}"),
-        tc(args.prune_steps + args.cpt_steps, args.scratch_lr, 0.1), init="random",
-        show_progress=not args.quiet), scratch))
-
+    trained("magnitude/cpt", "cpt-magnitude", magnitude, True, args.cpt_lr, from_source)
+    trained("scratch/cpt", "scratch", magnitude, False, args.scratch_lr, from_source, scratch_steps, 0.1, "random")
     # learning-rate check: each arm at the other's learning rate (CPT 1e-3 vs scratch 3e-3 by default)
-    lr_cpt = runs / "cpt-sheared-scratch-lr"
-    results.get("sheared/cpt@scratch-lr", lambda: stage_entry(pretrain(
-        str(runs / "prune-sheared" / "model"), lr_cpt, data(True, args.cpt_update_every),
-        tc(args.cpt_steps, args.scratch_lr, 0.03), show_progress=not args.quiet), lr_cpt))
-    lr_scratch = runs / "scratch-cpt-lr"
-    results.get("scratch/cpt@cpt-lr", lambda: stage_entry(pretrain(
-        str(magnitude), lr_scratch, data(False, args.cpt_update_every, f"model:{source_model}"),
-        tc(args.prune_steps + args.cpt_steps, args.cpt_lr, 0.1), init="random",
-        show_progress=not args.quiet), lr_scratch))
+    trained("sheared/cpt@scratch-lr", "cpt-sheared-scratch-lr", runs / "prune-sheared" / "model", True,
+            args.scratch_lr)
+    trained("scratch/cpt@cpt-lr", "scratch-cpt-lr", magnitude, False, args.cpt_lr, from_source, scratch_steps, 0.1,
+            "random")
 
     results.data["tokens"] = {"per_step": args.batch_size * args.seq_len,
                               "source": args.source_steps * args.batch_size * args.seq_len,

@@ -183,7 +183,7 @@ def prune(model: str, output, target: str | Budget = "0.5", data: DataConfig | N
     if not summary["finished"]:
         return summary
     final = stage.final_model()
-    plan, patch, gates = finalize(final, anatomy, stage.masks, method="sheared", budget=str(budget),
+    plan, patch, _ = finalize(final, anatomy, stage.masks, method="sheared", budget=str(budget),
                                   target=shape.to_dict(), seed=train_config.seed)
     sliced = slice_model(final, anatomy, plan, patch)
     probe = domains[0].heldout[:2].to(accelerator.device)
