@@ -1,0 +1,131 @@
+"""The pruning stage: weights (or LoRA, or nothing) and mask logits minimise LM loss plus the
+Lagrangian; the multipliers maximise it, in one AdamW step.
+
+Three param groups, as the official code has them: the weights at ``lr``, the mask logits at
+``mask_lr`` and the Lagrange multipliers at ``lambda_lr`` with ``maximize=True`` (the official code
+gives them a negative learning rate instead). The schedule (warm-up, cosine) scales all three, as
+Composer's does. The target sparsity is warmed up linearly over ``target_warmup`` of the steps.
+``weights="frozen"`` learns the masks alone; ``weights="lora"`` trains peft LoRA adapters on every
+linear instead of the weights (merged before folding), for memory that cannot hold full training.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from amoeba_plugin.errors import AmoebaError
+
+from .masked import MaskedModel, inner_model
+from .masks import Lagrangian, ShearingMasks
+from .target import Shape, source_shape
+
+WEIGHTS = ("full", "frozen", "lora")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass
+class PruneOptions:
+    """What the pruning stage learns besides the weights' LR (official values in brackets)."""
+
+    weights: str = "full"           # full | frozen | lora [full]
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    mask_lr: float = 1.0            # [1.0]
+    lambda_lr: float = 1.0          # [1.0, as a negative lr]
+    target_warmup: float = 0.2      # fraction of steps [640 of 3200]
+
+    def __post_init__(self):
+        if self.weights not in WEIGHTS:
+            raise AmoebaError(f"unknown weights mode '{self.weights}'", f"use one of: {', '.join(WEIGHTS)}")
+        if self.mask_lr <= 0 or self.lambda_lr <= 0 or not 0 <= self.target_warmup <= 1 or self.lora_rank < 1:
+            raise AmoebaError("mask_lr and lambda_lr must be > 0, target_warmup in [0, 1], lora_rank >= 1",
+                              "use e.g. --mask-lr 1 --lambda-lr 1 --target-warmup 0.2")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _lora(model, anatomy, options: PruneOptions):
+    from peft import LoraConfig, get_peft_model
+
+    suffixes = sorted({anatomy.layers[0].modules[r].rsplit(".", 1)[-1] for r in LORA_TARGETS})
+    config = LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha, lora_dropout=0.0,
+                        target_modules=suffixes, bias="none")
+    return get_peft_model(model, config)
+
+
+class PruningStage:
+    """Masks on ``model`` for pruning to ``target``; what :func:`amoeba_sheared.trainer.train` trains."""
+
+    kind = "pruning"
+
+    def __init__(self, model, anatomy, target: Shape, options: PruneOptions, train_steps: int, seed: int = 0):
+        self.anatomy, self.target, self.options = anatomy, target, options
+        model.float()
+        if options.weights != "full":
+            model.requires_grad_(False)
+        if options.weights == "lora":
+            model = _lora(model, anatomy, options)
+        self.masks = ShearingMasks(source_shape(anatomy), target, anatomy.layers[0].head_dim, seed)
+        self.lagrangian = Lagrangian(self.masks.families)
+        self.module = MaskedModel(model, anatomy, self.masks)
+        self.warmup_steps = int(round(options.target_warmup * train_steps))
+        self._last: dict = {}
+
+    # ------------------------------------------------------------------ optimisation
+    def weights(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.module.model.named_parameters() if p.requires_grad]
+
+    def param_groups(self, train) -> list[dict]:
+        lambdas = list(self.lagrangian.parameters())
+        groups = [{"params": [p for _, p in self.weights()], "lr": train.lr},
+                  {"params": list(self.masks.parameters()), "lr": self.options.mask_lr},
+                  {"params": lambdas, "lr": self.options.lambda_lr, "maximize": True}]
+        return [g for g in groups if g["params"]]
+
+    def minimised(self) -> list[torch.nn.Parameter]:
+        return [p for _, p in self.weights()] + list(self.masks.parameters())
+
+    def regulariser(self, expected: dict, step: int) -> torch.Tensor:
+        target = self.masks.target_at(step, self.warmup_steps)
+        lag = self.lagrangian(expected, target)
+        self._last = {"lagrangian": round(float(lag.detach()), 6),
+                      "target_sparsity": {f: round(t, 5) for f, t in target.items()},
+                      "expected_sparsity": {f: round(s.detach().mean().item(), 5) for f, s in expected.items()}}
+        return lag
+
+    def after_step(self) -> None:
+        self.masks.clamp_()
+
+    def eval_forward(self):
+        """The masked model at the current expected size (deterministic gates), for held-out losses."""
+        self.module.eval()
+        self.module.exact = False
+        return lambda x: self.module(x)[0]
+
+    def log_record(self, step: int) -> dict:
+        return {**self._last, "lambda": self.lagrangian.values(),
+                "expected_parameters": round(self.masks.expected_parameters())}
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable(self) -> dict[str, torch.Tensor]:
+        out = {f"weights.{n}": p for n, p in self.weights()}
+        out.update({f"masks.{n}": p for n, p in self.masks.named_parameters()})
+        out.update({f"lagrangian.{n}": p for n, p in self.lagrangian.named_parameters()})
+        return out
+
+
+    # ------------------------------------------------------------------ the end
+    def final_model(self):
+        """The hooks removed and LoRA merged: the plain model the deterministic gates fold into."""
+        self.module.detach()
+        model = self.module.model
+        if self.options.weights == "lora":
+            model = model.merge_and_unload()
+        model = inner_model(model)
+        model.requires_grad_(False)
+        return model.eval()
+
+
+__all__ = ["LORA_TARGETS", "PruneOptions", "PruningStage", "WEIGHTS"]
