@@ -388,6 +388,27 @@ class EntryCache:
         return self.data["entries"][key]
 
 
+def run_benchmark(parser: argparse.ArgumentParser, run, argv: list[str] | None = None) -> int:
+    """A benchmark's ``main``: parse ``argv``, then ``run(args)`` with ``--threads`` applied and progress
+    bars off under ``--quiet``, both restored after (tests call benchmarks in-process)."""
+    args = parser.parse_args(argv)
+    with restored_settings(args.quiet):
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return run(args)
+
+
+def open_results(args, hide: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> EntryCache:
+    """``--out``/results.json as an :class:`EntryCache` whose settings are every argument but ``--out``,
+    ``--threads``, ``--quiet`` and ``ignore`` (those do not change the numbers)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skip = {"out", "threads", "quiet", *ignore}
+    settings = {k: v for k, v in vars(args).items() if k not in skip}
+    return EntryCache(out / "results.json", {"settings": settings, "machine": machine_info(),
+                                             "torch_threads": torch.get_num_threads()}, hide=hide)
+
+
 # ---------------------------------------------------------------------- the runs
 class Harness:
     def __init__(self, args, log):

@@ -22,12 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from compare_methods import EntryCache, machine_info, parameter_counts, restored_settings  # noqa: E402
+from compare_methods import open_results, parameter_counts, run_benchmark  # noqa: E402
 
 import amoeba_plugin  # noqa: E402,F401
 from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
@@ -65,20 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    with restored_settings(args.quiet):
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        return run(args)
+    return run_benchmark(build_parser(), run, argv)
 
 
 def run(args) -> int:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads", "quiet")}
-    results = EntryCache(out / "results.json", {"settings": settings, "machine": machine_info(),
-                                                "torch_threads": torch.get_num_threads()},
-                         hide=("output_error", "ratios"))
+    results = open_results(args, hide=("output_error", "ratios"))
     model, tokenizer = load_model(args.model)
     anatomy = anatomy_of(model)
     calibration = calibration_windows(tokenizer, args.calibration, args.calibration_samples, args.seq_len, args.seed)

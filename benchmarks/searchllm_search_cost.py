@@ -27,7 +27,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from compare_methods import EntryCache, machine_info, restored_settings  # noqa: E402
+from compare_methods import open_results, run_benchmark  # noqa: E402
 
 import amoeba_plugin  # noqa: E402,F401
 from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
@@ -63,19 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    with restored_settings(args.quiet):
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        return run(args)
+    return run_benchmark(build_parser(), run, argv)
 
 
 def run(args) -> int:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads", "quiet", "skip_kill")}
-    results = EntryCache(out / "results.json", {"settings": settings, "machine": machine_info(),
-                                                "torch_threads": torch.get_num_threads()}, hide=("generations",))
+    results = open_results(args, hide=("generations_log",), ignore=("skip_kill",))
     model, tokenizer = load_model(args.model)
     anatomy = anatomy_of(model)
     windows = calibration_windows(tokenizer, "sotu:train", args.samples, args.seq_len, args.seed)

@@ -29,8 +29,6 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -40,7 +38,7 @@ from amoeba_sheared.prune import PruneOptions  # noqa: E402
 from amoeba_sheared.report import plot_proportions, proportions_history  # noqa: E402
 from amoeba_sheared.run import pretrain, prune  # noqa: E402
 from amoeba_sheared.target import metric_scores, resolve_target, shape_plan, source_shape  # noqa: E402
-from compare_methods import EntryCache, machine_info, restored_settings, write_json_atomic  # noqa: E402
+from compare_methods import open_results, run_benchmark, write_json_atomic  # noqa: E402
 
 import amoeba_plugin  # noqa: E402,F401
 from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
@@ -78,20 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    with restored_settings(args.quiet):
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        return run(args)
+    return run_benchmark(build_parser(), run, argv)
 
 
 def run(args) -> int:
     out = Path(args.out)
     runs = out / "runs"
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads", "quiet")}
-    results = EntryCache(out / "results.json", {"settings": settings, "machine": machine_info(),
-                                              "torch_threads": torch.get_num_threads()}, hide=("history",))
+    results = open_results(args, hide=("history",))
     specs = [DomainSpec.parse(d) for d in DEFAULT_DOMAINS]
     names = [s.name for s in specs]
     _, tokenizer = load_model(args.model)
