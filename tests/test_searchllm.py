@@ -228,6 +228,22 @@ def test_an_interrupted_search_resumes_to_the_same_result(tiny, windows, tmp_pat
     other, _ = _search(anatomy, model, windows, work=tmp_path, generations=3, seed=1)
     with pytest.raises(AmoebaError, match="other settings.*config"):
         other.run(start)
+    shorter, _ = _search(anatomy, model, windows, work=tmp_path, generations=2)
+    with pytest.raises(AmoebaError, match="already past generation 2"):
+        shorter.run(start)
+
+
+def test_a_finished_search_goes_on_with_more_generations(tiny, windows, tmp_path):
+    """More generations on a finished checkpoint continue it: the same as one longer run."""
+    model, anatomy = tiny
+    longer, start = _search(anatomy, model, windows, generations=3)
+    want = longer.run(start)
+    first, _ = _search(anatomy, model, windows, work=tmp_path, generations=1)
+    first.run(start)
+    more, _ = _search(anatomy, model, windows, work=tmp_path, generations=3)
+    got = more.run(start)
+    assert got.resumed_from == 2 and got.best.key() == want.best.key()
+    assert [g.best for g in got.history] == [g.best for g in want.history]
 
 
 def _context(model, anatomy, windows, budget="0.7", **options):

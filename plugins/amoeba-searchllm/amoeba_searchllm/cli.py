@@ -118,7 +118,7 @@ def show(work, as_json):
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     state = Path(work) / STATE
-    planned = json.loads(state.read_text())["describe"]["config"]["generations"] if state.exists() else None
+    planned = json.loads(state.read_text()).get("generations") if state.exists() else None
     last = lines[-1]["generation"] if lines else -1
     done = "finished" if planned is not None and last >= planned else f"checkpoint after generation {last} of {planned}"
     click.echo(f"{len(lines)} generations ({done}); plot: {Path(work) / PLOT}")

@@ -13,7 +13,8 @@ With a ``work_dir`` the search writes ``search_log.jsonl`` (a line per generatio
 (everything needed to go on: the random generator's state, the fitness of every candidate seen, the
 parents) after every generation, and ``search_progress.png`` (when matplotlib is installed). Started
 again on the same directory with the same settings it resumes after the last finished generation and
-ends exactly where an uninterrupted run would.
+ends exactly where an uninterrupted run would; started with more generations, it goes on from there
+(as if the longer run had never stopped).
 """
 from __future__ import annotations
 
@@ -143,7 +144,10 @@ class EvolutionSearch:
         self.space, self.cost, self.variation, self.fitness, self.config = space, cost, variation, fitness, config
         self.sign = -1.0 if higher_is_better else 1.0
         self.work_dir = Path(work_dir) if work_dir is not None else None
-        self.describe = {"config": asdict(config), "space": space.describe(), "budget": str(cost.budget),
+        # the number of generations is left out: a longer run is the same run continued, so a checkpoint
+        # may be resumed with more generations (and ends where an uninterrupted longer run would)
+        settings = {k: v for k, v in asdict(config).items() if k != "generations"}
+        self.describe = {"config": settings, "space": space.describe(), "budget": str(cost.budget),
                          "target": cost.target, **(describe or {})}
         self.on_generation = on_generation
         self.low = cost.target * (1 - config.tolerance)
@@ -198,6 +202,10 @@ class EvolutionSearch:
                 scores = {k: float(v) for k, v in state["scores"].items()}
                 pool = {k: Candidate.from_dict(c, self.space) for k, c in state["parents"].items()}
                 history = [Generation(**g) for g in state["history"]]
+                if state["generation"] > cfg.generations:
+                    raise AmoebaError(f"the search checkpoint in {self.work_dir} is already past generation "
+                                      f"{cfg.generations} (it finished generation {state['generation']})",
+                                      f"ask for at least {state['generation']} generations, or restart")
                 start_generation = resumed = state["generation"] + 1
                 self._write_log(history)
             elif restart:
@@ -264,8 +272,9 @@ class EvolutionSearch:
         if state.get("format") != STATE_FORMAT or state.get("version", 0) > STATE_VERSION:
             raise AmoebaError(f"{path} is not a search checkpoint this version can read",
                               "start again with restart, or use another work directory")
-        if state.get("describe") != json.loads(json.dumps(self.describe)):
-            old, new = state.get("describe", {}), json.loads(json.dumps(self.describe))
+        saved = state.get("describe", {})
+        if saved != json.loads(json.dumps(self.describe)):
+            old, new = saved, json.loads(json.dumps(self.describe))
             differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise AmoebaError(f"the search checkpoint in {self.work_dir} was made with other settings "
                               f"(they differ in: {', '.join(differ)})",
@@ -274,7 +283,7 @@ class EvolutionSearch:
 
     def _save_state(self, generation: int, rng, scores: dict, pool: dict, history: list[Generation]) -> None:
         state = {"format": STATE_FORMAT, "version": STATE_VERSION, "describe": self.describe,
-                 "generation": generation, "rng": rng.bit_generator.state, "scores": scores,
+                 "generations": self.config.generations, "generation": generation, "rng": rng.bit_generator.state, "scores": scores,
                  "parents": {k: c.to_dict() for k, c in pool.items()}, "history": [asdict(g) for g in history]}
         _atomic_write(self.work_dir / STATE, json.dumps(state, allow_nan=True))
         self._write_log(history)
