@@ -4,7 +4,7 @@ Search for Efficient LLMs (Shen et al., NeurIPS 2024) solves ``min ||Ŵ X - W X|
 the pruned columns of ``Ŵ`` being zero. Because whole columns are pruned, that is ordinary least
 squares on the kept inputs, solved exactly here (``solver="exact"``):
 
-    Ŵ[:, K] = W · H[:, K] · (H[K, K] + λI)⁻¹,    H = X Xᵀ
+    Ŵ[:, K] = W · H'[:, K] · H'[K, K]⁻¹,    H' = X Xᵀ + δI  (δ: the damping, see reform_columns)
 
 The paper's ADMM (``solver="admm"``: ρ, iterations) converges to the same point; it is kept for
 fidelity, with the projection zeroing the *pruned* entries (the paper's mask convention and the
@@ -45,10 +45,15 @@ def _kept_tensor(kept, size: int, device) -> torch.Tensor:
 def reform_columns(weight: torch.Tensor, gram: torch.Tensor, kept, *, solver: str = "exact",
                    damping: float = 0.01, rho: float = 1.0, iterations: int = 30) -> torch.Tensor:
     """The refitted ``weight[:, kept]`` (``[out, len(kept)]``, in ``weight``'s dtype) minimising the
-    output error on inputs whose Gram matrix is ``gram`` (``[in, in]``, summed ``x xᵀ``).
+    output error on inputs whose Gram matrix is ``gram`` (``[in, in]``, summed ``x xᵀ``), damped:
 
-    ``damping`` adds ``damping · mean(diag H[K, K])`` to the kept block (the exact solver) or to the
-    normalised H (ADMM), so a channel that never fired cannot make the system singular."""
+        ||(Ŵ - W) X||² + δ ||Ŵ - W||²,   δ = damping · mean(diag H[K, K])  (ADMM: of the normalised H)
+
+    i.e. H + δI in place of H, as SparseGPT damps. The solution moves from the least-squares fit
+    (``damping=0``) towards the original kept columns (plain dropping) as the damping grows, so a few
+    calibration tokens cannot pull the weights far from what the model was trained with, and a
+    channel that never fired cannot make the system singular. (Adding δI to H[K, K] alone, without
+    its term on the right-hand side, would shrink the kept columns towards zero instead.)"""
     if solver not in SOLVERS:
         raise AmoebaError(f"unknown reformation solver '{solver}'", f"use one of: {', '.join(SOLVERS)}")
     if gram.shape != (weight.shape[1], weight.shape[1]):
@@ -59,9 +64,9 @@ def reform_columns(weight: torch.Tensor, gram: torch.Tensor, kept, *, solver: st
     k = _kept_tensor(kept, w.shape[1], w.device)
     if solver == "exact":
         hkk = h[k][:, k]
-        scale = float(torch.diagonal(hkk).mean()) or 1.0
-        hkk = hkk + damping * scale * torch.eye(len(k), dtype=h.dtype, device=h.device)
-        rhs = (w @ h[:, k]).T  # [K, out]
+        delta = damping * (float(torch.diagonal(hkk).mean()) or 1.0)
+        hkk = hkk + delta * torch.eye(len(k), dtype=h.dtype, device=h.device)
+        rhs = (w @ h[:, k] + delta * w[:, k]).T  # [K, out]: W (H + δI)[:, K]
         return torch.linalg.solve(hkk, rhs).T.to(weight.dtype)
     # ADMM on the diagonally normalised problem: H <- D^-1/2 H D^-1/2, W <- W D^1/2
     d = torch.sqrt(torch.diagonal(h).clamp_min(1e-12))
@@ -71,7 +76,7 @@ def reform_columns(weight: torch.Tensor, gram: torch.Tensor, kept, *, solver: st
     keep[k] = 1
     eye = torch.eye(len(d), dtype=h.dtype, device=h.device)
     inverse = torch.linalg.inv(hn + (damping + rho) * eye)  # damping as in the exact solver (diag(Hn) = 1)
-    target = wn @ hn  # W H (its transpose is H Wᵀ)
+    target = wn @ hn + damping * wn  # W (H + δI)
     z, u = wn * keep, torch.zeros_like(wn)
     for _ in range(iterations):
         x = (target + rho * (z - u)) @ inverse

@@ -37,6 +37,20 @@ def test_admm_converges_to_the_exact_solution():
     assert best <= output_error(w, gram, kept, paper) < dropped
 
 
+def test_damping_pulls_towards_the_original_weights():
+    """The damped objective ||(Ŵ - W) X||² + δ||Ŵ - W||²: no damping is the least-squares fit, heavy
+    damping keeps the kept columns as they were (plain dropping), and both solvers agree on it."""
+    w, _, gram, kept = _problem(2)
+    fits = [reform_columns(w, gram, kept, damping=d) for d in (0.0, 0.1, 10.0, 1e6)]
+    distances = [float((f - w[:, kept]).norm()) for f in fits]
+    assert distances == sorted(distances, reverse=True) and distances[-1] < 1e-3 * distances[0]
+    errors = [output_error(w, gram, kept, f) for f in fits]
+    assert errors == sorted(errors) and errors[-1] == pytest.approx(output_error(w, gram, kept), rel=1e-4)
+    exact = reform_columns(w, gram, kept, damping=0.1)
+    admm = reform_columns(w, gram, kept, solver="admm", damping=0.1, iterations=3000)
+    assert output_error(w, gram, kept, admm) == pytest.approx(output_error(w, gram, kept, exact), rel=0.05)
+
+
 def test_bad_input_is_refused():
     w, _, gram, kept = _problem()
     with pytest.raises(AmoebaError, match="solver"):
