@@ -110,12 +110,11 @@ class Start:
     channels: int
 
 
-def prepare_start(model, anatomy, windows: torch.Tensor, budget, *, attention_range=None, mlp_range=None,
-                  min_depth: int | None = None, keep_last: int = 1, mlp_multiple: int = 1, damping: float = 0.01,
-                  batch_size: int = 8) -> Start:
-    """Saliency on ``windows``, the uniform ratio for ``budget``, the search space (Table 1's row for
-    that ratio unless ranges are given), and the start subnet."""
-    saliency = unit_saliency(model, anatomy, windows, damping=damping, batch_size=batch_size)
+def budget_space(anatomy, budget, *, attention_range=None, mlp_range=None, min_depth: int | None = None,
+                 keep_last: int = 1, mlp_multiple: int = 1) -> tuple[SearchSpace, CostModel, float, int, int]:
+    """The search space for ``budget`` (Table 1's row for its uniform ratio unless ranges are given),
+    its cost model, and the uniform ratio with the pairs per group and MLP channels it keeps. No data
+    is needed: a saved candidate can be read back with this space alone."""
     cost = CostModel(anatomy, budget)
     whole = SearchSpace.build(anatomy, (1.0, 1.0), (1.0, 1.0), anatomy.num_layers)  # units only
     ratio, pairs, channels = uniform_ratio(whole, cost)
@@ -123,7 +122,16 @@ def prepare_start(model, anatomy, windows: torch.Tensor, budget, *, attention_ra
     space = SearchSpace.build(anatomy, attention_range or table["attention"], mlp_range or table["mlp"],
                               min_depth or max(1, round(table["depth"] * anatomy.num_layers)),
                               keep_last=keep_last, mlp_multiple=mlp_multiple)
+    return space, cost, ratio, pairs, channels
+
+
+def prepare_start(model, anatomy, windows: torch.Tensor, budget, *, damping: float = 0.01, batch_size: int = 8,
+                  **space_options) -> Start:
+    """The space (:func:`budget_space`), the saliency on ``windows``, and the start subnet."""
+    space, cost, ratio, pairs, channels = budget_space(anatomy, budget, **space_options)
+    saliency = unit_saliency(model, anatomy, windows, damping=damping, batch_size=batch_size)
     return Start(space, cost, saliency, initial_candidate(space, saliency, pairs, channels), ratio, pairs, channels)
 
 
-__all__ = ["Saliency", "Start", "initial_candidate", "prepare_start", "uniform_ratio", "unit_saliency"]
+__all__ = ["Saliency", "Start", "budget_space", "initial_candidate", "prepare_start", "uniform_ratio",
+           "unit_saliency"]
