@@ -306,6 +306,13 @@ def test_an_evaluator_from_the_hook_is_the_fitness(tiny, windows):
     assert result.info["fitness"]["name"] == "depth-evaluator" and result.info["fitness"]["higher_is_better"]
 
 
+def test_presets_scale_with_the_population():
+    config = SearchConfig.from_preset("paper", population=20)
+    assert (config.population, config.mutation, config.crossover, config.random) == (20, 10, 6, 4)
+    assert SearchConfig.from_preset("quick", generations=3).generations == 3
+    assert SearchConfig.from_preset("paper").mutation == 50
+
+
 def test_bad_options_fail_before_the_model_loads():
     from amoeba_plugin.api import PruningConfig, preflight
 

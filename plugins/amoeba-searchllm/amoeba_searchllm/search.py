@@ -67,7 +67,13 @@ class SearchConfig:
     def from_preset(cls, preset: str = "paper", **overrides) -> SearchConfig:
         if preset not in PRESETS:
             raise AmoebaError(f"unknown search preset '{preset}'", f"use one of: {', '.join(PRESETS)}")
-        values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values = {**PRESETS[preset], **given}
+        base = PRESETS[preset]
+        if "population" in given and isinstance(given["population"], int):  # keep the preset's shares
+            for part in ("mutation", "crossover"):
+                if part not in given:
+                    values[part] = given["population"] * base[part] // base["population"]
         return cls(**values)
 
     def __post_init__(self):
