@@ -150,7 +150,9 @@ def _count(n: float) -> str:
     return f"{int(n)}"
 
 
-def _parse_options(pairs: tuple[str, ...]) -> dict:
+def parse_options(pairs: tuple[str, ...]) -> dict:
+    """``--option KEY=VALUE`` pairs as a dict (values read as JSON when they parse); public so that a
+    plugin's own commands take method options the way ``amoeba prune`` does."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -290,7 +292,7 @@ def prune(model, method, budget, calibration, samples, seq_len, seed, output, ex
     ctx = click.get_current_context()
     settings = dict(method=method, budget=budget, calibration=calibration, calibration_samples=samples,
                     calibration_seq_len=seq_len, seed=seed, exporter=exporter, evaluation=eval_source,
-                    evaluation_windows=eval_windows, method_options=_parse_options(options),
+                    evaluation_windows=eval_windows, method_options=parse_options(options),
                     allow_calibration_overlap=allow_overlap)
     if config_path:
         from click.core import ParameterSource

@@ -9,6 +9,8 @@ import click
 
 from amoeba_plugin.errors import AmoebaError
 
+from .method import REFORMATIONS
+from .operators import DEPTH_RULES, MASK_MODES
 from .search import LOG, PLOT, PRESETS, STATE
 
 
@@ -33,11 +35,11 @@ def searchllm():
               help="Calibration windows kept aside to score candidates.")
 @click.option("--tolerance", type=float, default=0.02, show_default=True,
               help="How far below the budget a candidate may land (fraction of the budget).")
-@click.option("--mask-mutation", type=click.Choice(["constructive", "paper_literal"]), default="constructive",
+@click.option("--mask-mutation", type=click.Choice(MASK_MODES), default="constructive",
               show_default=True)
-@click.option("--depth-rule", type=click.Choice(["influence", "last", "random"]), default="influence",
+@click.option("--depth-rule", type=click.Choice(DEPTH_RULES), default="influence",
               show_default=True, help="Which layer a depth mutation removes.")
-@click.option("--reformation", type=click.Choice(["exact", "admm", "none"]), default="exact", show_default=True)
+@click.option("--reformation", type=click.Choice(REFORMATIONS), default="exact", show_default=True)
 @click.option("--calibration", default="sotu:train", show_default=True, help="Calibration text source.")
 @click.option("--samples", default=136, show_default=True, type=int,
               help="Calibration windows, fitness ones included (the paper reforms on 128; fewer overfit the refit).")
@@ -57,15 +59,9 @@ def run(model, budget, output, work, preset, generations, population, fitness, f
     from amoeba_plugin.api import AmoebaPruner, PruningConfig, preflight
     from amoeba_plugin.models import load_model
 
-    extra = {}
-    for pair in options:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise AmoebaError(f"option '{pair}' is not key=value", "write --option name=value")
-        try:
-            extra[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key.strip()] = value
+    from amoeba_plugin.cli.main import parse_options
+
+    extra = parse_options(options)
     method_options = {"preset": preset, "generations": generations, "population": population, "fitness": fitness,
                       "fitness_windows": fitness_windows, "tolerance": tolerance, "mask_mutation": mask_mutation,
                       "depth_rule": depth_rule, "reformation": reformation, "checkpoint_dir": work,

@@ -44,7 +44,7 @@ def mutate_mask(mask: np.ndarray, keep: int, p_mask: float, rng: np.random.Gener
         return mask
     n = len(mask)
     if mode == "constructive":
-        n_old = min(len(old), keep, math.ceil(alpha * min(len(old), keep)))
+        n_old = math.ceil(alpha * min(len(old), keep))  # <= both, as alpha <= 1
         kept_old = rng.choice(old, n_old, replace=False) if n_old else np.empty(0, dtype=np.int64)
         rest = np.setdiff1d(np.arange(n), kept_old, assume_unique=True)
         new = np.concatenate([kept_old, rng.choice(rest, keep - n_old, replace=False)])

@@ -230,7 +230,7 @@ class EvolutionSearch:
                 self._breed(cfg.population, lambda: self.variation.mutate(initial, init_rates, rng), scores, batch,
                             stats)
             else:
-                parents = [pool[k] for k in sorted(pool, key=lambda k: self._order(k, scores))]
+                parents = list(pool.values())  # best first (kept so, and checkpointed in that order)
                 pick = lambda: parents[int(rng.integers(len(parents)))]  # noqa: E731
                 self._breed(cfg.mutation, lambda: self.variation.mutate(pick(), rates, rng), scores, batch, stats)
                 self._breed(cfg.crossover, lambda: self.variation.crossover(pick(), pick(), rng), scores, batch, stats)
@@ -241,11 +241,11 @@ class EvolutionSearch:
                 scores[key] = self.score(child)
                 report(f"generation {generation}: candidates", i + 1, len(batch))
             eval_seconds = time.perf_counter() - t_eval
-            pool.update(batch)
+            pool.update(batch)  # the parents of the next generation, best first
             pool = {k: pool[k] for k in sorted(pool, key=lambda k: self._order(k, scores))[: cfg.top_k]}
             if initial_fitness is None:
                 initial_fitness = scores[init_key]
-            ranked = sorted(pool, key=lambda k: self._order(k, scores))
+            ranked = list(pool)
             best_key = ranked[0]
             line = Generation(
                 generation=generation, evaluated=len(batch), **stats, best=scores[best_key], best_key=best_key,

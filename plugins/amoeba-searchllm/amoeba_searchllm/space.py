@@ -149,9 +149,9 @@ class CostModel:
             self.per_pair.append(per_pair)
             self.per_channel.append(per_channel)
         self.target = float(budget.target(anatomy))
-        self.full = self.base + sum(self.layer) + sum(
-            la.num_kv_groups * (la.head_dim // 2) * p + la.intermediate_size * c
-            for la, p, c in zip(anatomy.layers, self.per_pair, self.per_channel))
+        self.full = self.cost(range(len(anatomy.layers)),
+                              [[la.head_dim // 2] * la.num_kv_groups for la in anatomy.layers],
+                              [la.intermediate_size for la in anatomy.layers])
 
     def cost(self, layers, pairs, channels) -> float:
         """``layers``: kept layer indices; ``pairs[l]``: kept pairs per group of layer l (a sequence);
