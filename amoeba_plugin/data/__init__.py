@@ -19,6 +19,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -253,11 +254,40 @@ def _registered() -> dict[str, TextSource]:
     return registry("datasets")
 
 
-def resolve_source(spec: str, purpose: str | None = None) -> tuple[TextSource, str]:
+@dataclass(frozen=True)
+class TextSpec:
+    """A text spec resolved once: the source and the split. ``str()`` is the canonical ``name:split``.
+
+    Preflight turns every user-given spec into one of these; windows, overlap checks and provenance
+    all take it, so a run looks its text up once.
+    """
+
+    source: TextSource
+    split: str
+
+    @classmethod
+    def resolve(cls, spec: str | TextSpec | None, purpose: str | None = None) -> TextSpec | None:
+        """Resolve ``spec`` (None stays None; a TextSpec is returned as it is)."""
+        if spec is None or isinstance(spec, TextSpec):
+            return spec
+        return cls(*resolve_source(spec, purpose=purpose))
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies the text itself (two specs with the same key read the same tokens)."""
+        return (self.source.key or self.source.name, self.split)
+
+    def __str__(self) -> str:
+        return spec_of(self.source, self.split)
+
+
+def resolve_source(spec: str | TextSpec, purpose: str | None = None) -> tuple[TextSource, str]:
     """``(source, split)`` for a spec (see the module docstring); checks that the split exists.
 
     ``purpose`` (``"calibration"`` / ``"evaluation"``) picks the default split when none is given.
     """
+    if isinstance(spec, TextSpec):
+        return spec.source, spec.split
     if isinstance(spec, TextSource):
         return spec, spec.default_split(purpose)
     spec = str(spec).strip()
@@ -411,6 +441,7 @@ __all__ = [
     "check_disjoint",
     "SPEC_SYNTAX",
     "TextSource",
+    "TextSpec",
     "builtin_sources",
     "calibration_windows",
     "eval_windows",
