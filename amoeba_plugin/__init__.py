@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import importlib
 
+from . import _moved
 from .arch import register_with_transformers as _register_arch
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
 _register_arch()
+_moved.install()  # old import paths of moved modules, for one release
 
 
 def _register_lm_eval_model() -> None:

@@ -15,7 +15,7 @@ from .surgery.index import query_rows
 def output_bias_compensation(model, anatomy: Anatomy, plan: Plan, stats) -> dict[str, torch.Tensor]:
     """``{"<o_proj|down_proj>.bias": W_out[:, removed] @ mean_input[removed] (+ existing bias)}`` for
     every kept layer that keeps some attention / MLP. ``stats`` are the calibration statistics of
-    :func:`amoeba_plugin.metrics.collect.collect_statistics` on the dense model (input means of o and
+    :func:`amoeba_plugin.calibration.collect_statistics` on the dense model (input means of o and
     down). A layer that loses all of its attention or MLP loses that compensation with it."""
     patch = {}
     with torch.no_grad():

@@ -13,9 +13,9 @@ on every layer (as Boža's ADMM code does).
 
 X must carry the pruned channels: inputs computed through the layer's *unpruned* rows, otherwise
 the pruned channels are zero and reformation is a no-op. :func:`reformation_patch` collects them one
-layer at a time (one Gram matrix per linear in memory at a time) and returns a patch that
-:func:`amoeba_plugin.surgery.slice_model` folds in. Which block inputs feed those rows is a choice the
-paper leaves open (``inputs``):
+layer at a time in a :func:`~amoeba_plugin.calibration.layer_pass` (one Gram matrix per linear in
+memory at a time) and returns a patch that :func:`amoeba_plugin.surgery.slice_model` folds in.
+Which block inputs feed those rows is a choice the paper leaves open (``inputs``):
 
 * ``"sequential"`` (default, SparseGPT-style): block by block through the subnet being reformed, so
   each block is fitted on what its pruned, already reformed predecessors really give it. Inside a
@@ -142,7 +142,7 @@ def reformation_patch(model, anatomy, plan, windows: torch.Tensor, *, solver: st
         return patch
     options = {"solver": solver, "damping": damping, "rho": rho, "iterations": iterations}
     if inputs == "dense":
-        from .metrics.collect import collect_statistics
+        from .calibration import collect_statistics
 
         def on_layer(layer, stats):
             for role, kept in todo[layer.index].items():
@@ -155,62 +155,31 @@ def reformation_patch(model, anatomy, plan, windows: torch.Tensor, *, solver: st
     return patch
 
 
-@torch.no_grad()
 def _sequential(model, anatomy, plan, windows, todo, options, patch, report, batch_size) -> None:
     """Block by block through the subnet: capture each pruned linear's input with the block's own
-    rows unpruned, refit, then move the hidden states through the pruned, reformed block."""
-    from .metrics.collect import InputStats, decoder_inputs
+    rows unpruned, refit; the pass then moves the hidden states through the pruned, reformed block."""
+    from .calibration import InputStats, LayerStep, layer_pass
     from .plan import LayerPlan, Plan
-    from .progress import progress
-    from .surgery import apply_soft
-
-    plan.validate(anatomy)
-    decoder = model.get_submodule(anatomy.layers_path)
-    device = next(model.parameters()).device
-    kept = {lp.index: lp for lp in plan.layers}
 
     def variant(index: int, **fields) -> Plan:
         """The plan with layer ``index`` replaced by a copy with ``fields`` unpruned."""
         layers = [LayerPlan(**{**vars(lp), **fields}) if lp.index == index else lp for lp in plan.layers]
         return Plan(layers, dict(plan.source), plan.hidden_channels, plan.output_bias, dict(plan.provenance))
 
-    def run_block(module, subnet: Plan, hidden, kwargs_per_batch, capture=None):
-        """The block's outputs under ``subnet`` (soft), feeding ``capture``'s pre-hook if given."""
-        handle = None
-        if capture is not None:
-            name, acc = capture
-            handle = model.get_submodule(name).register_forward_pre_hook(lambda m, args: acc.add(args[0], True))
-        try:
-            with apply_soft(model, anatomy, subnet, patch):
-                out = [module(h, **kw) for h, kw in zip(hidden, kwargs_per_batch)]
-        finally:
-            if handle is not None:
-                handle.remove()
-        return [o[0] if isinstance(o, (tuple, list)) else o for o in out]
+    def refit(step: LayerStep) -> None:
+        layer = step.layer
+        roles = todo.get(layer.index, {})
+        if "o" in roles:  # the block's dense q/k/v on the subnet's input
+            acc = InputStats()
+            step.run(variant(layer.index, kv_groups=None, query_heads=None, head_channels=None),
+                     [(layer.modules["o"], lambda x: acc.add(x, True))])
+            _refit(model, layer, "o", roles["o"], acc.gram, options, patch, report)
+        if "down" in roles:  # dense gate/up after the pruned, reformed attention
+            acc = InputStats()
+            step.run(variant(layer.index, mlp_channels=None), [(layer.modules["down"], lambda x: acc.add(x, True))])
+            _refit(model, layer, "down", roles["down"], acc.gram, options, patch, report)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with apply_soft(model, anatomy, plan):  # the subnet's embeddings (hidden channels masked)
-            hidden, kwargs_per_batch = decoder_inputs(model, decoder, windows, batch_size, device)
-        for layer in progress(anatomy.layers, "reformation", total=anatomy.num_layers):
-            if layer.index not in kept:
-                continue  # a dropped block passes its input through
-            module = decoder[layer.index]
-            roles = todo.get(layer.index, {})
-            if "o" in roles:  # the block's dense q/k/v on the subnet's input
-                acc = InputStats()
-                run_block(module, variant(layer.index, kv_groups=None, query_heads=None, head_channels=None),
-                          hidden, kwargs_per_batch, (layer.modules["o"], acc))
-                _refit(model, layer, "o", roles["o"], acc.gram, options, patch, report)
-            if "down" in roles:  # dense gate/up after the pruned, reformed attention
-                acc = InputStats()
-                run_block(module, variant(layer.index, mlp_channels=None), hidden, kwargs_per_batch,
-                          (layer.modules["down"], acc))
-                _refit(model, layer, "down", roles["down"], acc.gram, options, patch, report)
-            hidden = run_block(module, plan, hidden, kwargs_per_batch)
-    finally:
-        model.train(was_training)
+    layer_pass(model, anatomy, windows, refit, subnet=plan, patch=patch, batch_size=batch_size, desc="reformation")
 
 
 __all__ = ["INPUTS", "SOLVERS", "output_error", "reform_columns", "reformation_patch"]

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_methods import PeakRSS, machine_info
 
 from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.calibration import SITES, collect_statistics
 from amoeba_plugin.data import calibration_windows
-from amoeba_plugin.metrics.collect import SITES, collect_statistics
 from amoeba_plugin.models import load_model
 from amoeba_plugin.plugins import get
 

@@ -7,9 +7,9 @@ import torch
 from conftest import make_tiny
 
 from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.calibration import collect_statistics
 from amoeba_plugin.errors import AmoebaError
 from amoeba_plugin.metrics import UNITS
-from amoeba_plugin.metrics.collect import collect_statistics
 from amoeba_plugin.metrics.loss import lm_loss
 from amoeba_plugin.plan import Plan
 from amoeba_plugin.plugins import get, registry

@@ -18,7 +18,7 @@ Return format of :meth:`Metric.score` (higher = more important, float32 on the C
     keeps pairs whole.
 
 Metrics that need data take ``calibration``: a LongTensor of windows ``[n, seq_len]``, or (for the
-activation-statistics metrics) a :class:`~amoeba_plugin.metrics.collect.CalibrationStats` collected
+activation-statistics metrics) a :class:`~amoeba_plugin.calibration.CalibrationStats` collected
 once by the method and shared between several ``score`` calls.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import Metric
-from .collect import ensure_statistics
+from ..calibration import ensure_statistics
 
 
 class BlockInfluenceMetric(Metric):

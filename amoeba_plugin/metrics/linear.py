@@ -112,7 +112,7 @@ class LinearMetric(Metric):
 class StatisticsMetric(LinearMetric):
     """A linear metric that reads per-channel input statistics (Wanda-sp, FLAP): scores o_proj and
     down_proj columns for units and q/gate inputs for hidden channels; accepts windows or a shared
-    :class:`~amoeba_plugin.metrics.collect.CalibrationStats`."""
+    :class:`~amoeba_plugin.calibration.CalibrationStats`."""
 
     needs_calibration = True
     needs_statistics = frozenset({"o", "down", "q", "gate"})
@@ -120,7 +120,7 @@ class StatisticsMetric(LinearMetric):
     hidden_roles = ROW_ROLES
 
     def prepare(self, model, anatomy, calibration, batch_size: int = 8, **options):
-        from .collect import ensure_statistics
+        from ..calibration import ensure_statistics
 
         return ensure_statistics(model, anatomy, calibration, sites=tuple(sorted(self.needs_statistics)),
                                  batch_size=batch_size)

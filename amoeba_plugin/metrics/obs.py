@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import AmoebaError
-from .collect import INPUT_SITE, SITES, CalibrationStats, InputStats, collect_statistics
+from ..calibration import INPUT_SITE, SITES, CalibrationStats, InputStats, collect_statistics
 from .linear import LinearMetric, weight
 
 

@@ -21,9 +21,9 @@ from amoeba_plugin.allocation import (
     uniform_width,
 )
 from amoeba_plugin.budget import Budget
+from amoeba_plugin.calibration import SITES, collect_statistics
 from amoeba_plugin.compensation import output_bias_compensation
 from amoeba_plugin.errors import AmoebaError
-from amoeba_plugin.metrics.collect import SITES, collect_statistics
 from amoeba_plugin.plan import Plan
 from amoeba_plugin.plugins import get
 

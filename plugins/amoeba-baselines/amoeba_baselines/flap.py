@@ -1,8 +1,8 @@
 """FLAP: fluctuation-scored heads and channels, one global ranking across layers, bias compensation."""
 from amoeba_plugin.allocation import global_width, standardized_unit_scores
+from amoeba_plugin.calibration import SITES, collect_statistics
 from amoeba_plugin.compensation import output_bias_compensation
 from amoeba_plugin.methods import Method, PruneResult
-from amoeba_plugin.metrics.collect import SITES, collect_statistics
 from amoeba_plugin.plugins import get
 
 

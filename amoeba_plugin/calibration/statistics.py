@@ -1,10 +1,6 @@
-"""Calibration statistics, collected one decoder layer at a time.
-
-The model runs up to its first decoder layer once (the embeddings), then each decoder layer runs on
-the stored hidden states of all calibration windows, with hooks on its linears that accumulate the
-statistics metrics need, and its outputs become the next layer's inputs. Memory therefore stays near
-the model plus two copies of the hidden states plus one layer's activations, never the whole
-activation history (the SparseGPT / Wanda / FLAP scheme).
+"""Calibration statistics, collected in one :func:`~amoeba_plugin.calibration.layer_pass` over the
+dense model: each decoder layer runs once on the stored hidden states of all calibration windows,
+with hooks on its linears that accumulate the statistics metrics need.
 
 What is accumulated per *input site* (the input of a linear; q, k and v share one, gate and up share
 one), in float64:
@@ -25,6 +21,7 @@ import torch
 
 from ..anatomy import Anatomy
 from ..errors import AmoebaError
+from .layerwise import LayerStep, check_windows, layer_pass
 
 #: the input site each linear reads: q, k, v read the attention input; gate, up read the MLP input
 INPUT_SITE = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
@@ -137,41 +134,6 @@ class CalibrationStats:
         return (self.gram or not gram) and set(sites) <= set(self.sites)
 
 
-class _Stop(Exception):
-    """Raised by the first decoder layer's pre-hook: the embeddings are all we need from the model."""
-
-
-def decoder_inputs(model, layers, windows: torch.Tensor, batch_size: int, device):
-    """Hidden states entering the first decoder layer, and the keyword arguments the model passes
-    every layer (position embeddings, mask), one entry per batch: the start of a layer-by-layer pass
-    (``layers`` is the model's decoder ``ModuleList``)."""
-    hidden, kwargs_per_batch = [], []
-
-    def catch(module, args, kwargs):
-        hidden.append((args[0] if args else kwargs.pop("hidden_states")).detach())
-        kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        kwargs["use_cache"] = False
-        # the KV cache argument, under its name in this transformers ("cache" from 5.24 on)
-        kwargs["cache" if "cache" in kwargs else "past_key_values"] = None
-        kwargs_per_batch.append(kwargs)
-        raise _Stop
-
-    handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for start in range(0, len(windows), batch_size):
-            try:
-                model(input_ids=windows[start:start + batch_size].to(device), use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return hidden, kwargs_per_batch
-
-
-def _output(out) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 @torch.no_grad()
 def collect_statistics(model, anatomy: Anatomy, windows: torch.Tensor, *, gram: bool = False,
                        sites: tuple[str, ...] = SITES, batch_size: int = 8,
@@ -187,60 +149,42 @@ def collect_statistics(model, anatomy: Anatomy, windows: torch.Tensor, *, gram: 
     ``keep_gram=False`` they are then dropped, and memory holds one layer's Gram matrices at a time.
     Deterministic: same windows, same numbers.
     """
-    from ..progress import progress
-
-    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.dtype != torch.long:
-        raise AmoebaError("calibration windows must be a LongTensor [n, seq_len]",
-                          "pass amoeba_plugin.data.calibration_windows(...) or get_calibration_dataset(...)")
+    check_windows(windows)
     bad = set(sites) - set(SITES)
     if bad:
         raise AmoebaError(f"unknown input site(s): {', '.join(sorted(bad))}", f"use some of {', '.join(SITES)}")
-    param = next(model.parameters())
-    device = param.device
-    decoder = model.get_submodule(anatomy.layers_path)
-    was_training = model.training
-    model.eval()
     wanted = set(range(anatomy.num_layers)) if layers is None else set(layers)
     result: dict[int, LayerStats] = {}
-    try:
-        hidden, kwargs_per_batch = decoder_inputs(model, decoder, windows, batch_size, device)
-        for la in progress(anatomy.layers, "calibration statistics", total=anatomy.num_layers):
-            module = decoder[la.index]
-            stats = LayerStats(la.index)
-            handles = []
-            if la.index in wanted:
-                for site in sites:
-                    name = la.modules.get(site)
-                    if name is None:
-                        continue
-                    acc = stats.inputs.setdefault(site, InputStats())
 
-                    def hook(mod, args, acc=acc):
-                        acc.add(args[0], gram)
+    def calibrate(step: LayerStep) -> None:
+        la = step.layer
+        if la.index not in wanted:
+            return  # the pass still propagates it
+        stats = LayerStats(la.index)
+        hooks = []
+        for site in sites:
+            name = la.modules.get(site)
+            if name is None:
+                continue
+            acc = stats.inputs.setdefault(site, InputStats())
+            hooks.append((name, lambda x, acc=acc: acc.add(x, gram)))
 
-                    handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-            try:
-                for b, (h, kwargs) in enumerate(zip(hidden, kwargs_per_batch)):
-                    out = _output(module(h, **kwargs))
-                    if la.index in wanted:
-                        cos = torch.nn.functional.cosine_similarity(h.float(), out.float(), dim=-1)
-                        cos = cos.clamp(-1.0, 1.0).double()
-                        stats.cos_sum += float(cos.sum())
-                        stats.angle_sum += float((torch.arccos(cos) / math.pi).sum())
-                        stats.tokens += cos.numel()
-                    hidden[b] = out.detach()
-            finally:
-                for handle in handles:
-                    handle.remove()
-            if la.index in wanted:
-                if on_layer is not None:
-                    on_layer(la, stats)
-                if not keep_gram:
-                    for acc in stats.inputs.values():
-                        acc.gram = None
-                result[la.index] = stats
-    finally:
-        model.train(was_training)
+        def influence(h: torch.Tensor, out: torch.Tensor) -> None:
+            cos = torch.nn.functional.cosine_similarity(h.float(), out.float(), dim=-1)
+            cos = cos.clamp(-1.0, 1.0).double()
+            stats.cos_sum += float(cos.sum())
+            stats.angle_sum += float((torch.arccos(cos) / math.pi).sum())
+            stats.tokens += cos.numel()
+
+        step.propagate(hooks, influence)
+        if on_layer is not None:
+            on_layer(la, stats)
+        if not keep_gram:
+            for acc in stats.inputs.values():
+                acc.gram = None
+        result[la.index] = stats
+
+    layer_pass(model, anatomy, windows, calibrate, batch_size=batch_size, desc="calibration statistics")
     return CalibrationStats(layers=result, windows=int(windows.shape[0]), tokens_per_window=int(windows.shape[1]),
                             gram=gram and keep_gram, sites=tuple(sites), fingerprint=anatomy.fingerprint)
 
@@ -272,6 +216,5 @@ __all__ = [
     "InputStats",
     "LayerStats",
     "collect_statistics",
-    "decoder_inputs",
     "ensure_statistics",
 ]
