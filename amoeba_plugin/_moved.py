@@ -15,12 +15,17 @@ import warnings
 
 #: old module name -> new module name
 MOVED = {
+    "amoeba_plugin.allocation": "amoeba_plugin.pruning.allocation",
+    "amoeba_plugin.compensation": "amoeba_plugin.pruning.compensation",
     "amoeba_plugin.metrics.collect": "amoeba_plugin.calibration",
+    "amoeba_plugin.reformation": "amoeba_plugin.pruning.reformation",
+    "amoeba_plugin.uniform": "amoeba_plugin.pruning.uniform",
 }
 
 
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds the old names (after every real module: an old path never shadows a file)."""
+    """Finds the old names before any other finder, so a stale copy of an old module elsewhere on the
+    path (an older install, another checkout) is never imported instead."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname in MOVED:
@@ -40,4 +45,4 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def install() -> None:
     if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
-        sys.meta_path.append(_MovedModules())
+        sys.meta_path.insert(0, _MovedModules())

@@ -91,7 +91,13 @@ def test_hooks_see_the_linear_inputs_and_are_removed(windows):
         layer_pass(model, anatomy, windows.float(), on_layer)
 
 
-@pytest.mark.parametrize("old,new", [("amoeba_plugin.metrics.collect", "amoeba_plugin.calibration")])
+@pytest.mark.parametrize("old,new", [
+    ("amoeba_plugin.metrics.collect", "amoeba_plugin.calibration"),
+    ("amoeba_plugin.allocation", "amoeba_plugin.pruning.allocation"),
+    ("amoeba_plugin.compensation", "amoeba_plugin.pruning.compensation"),
+    ("amoeba_plugin.reformation", "amoeba_plugin.pruning.reformation"),
+    ("amoeba_plugin.uniform", "amoeba_plugin.pruning.uniform"),
+])
 def test_old_import_paths_warn_and_give_the_moved_module(old, new):
     sys.modules.pop(old, None)
     with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):

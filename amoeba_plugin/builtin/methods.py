@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
-from ..uniform import UniformWidthMethod
+from ..pruning.uniform import UniformWidthMethod
 
 
 @hookimpl

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from .anatomy import Anatomy
-from .plan import Plan
-from .surgery.index import query_rows
+from ..anatomy import Anatomy
+from ..plan import Plan
+from ..surgery.index import query_rows
 
 
 def output_bias_compensation(model, anatomy: Anatomy, plan: Plan, stats) -> dict[str, torch.Tensor]:

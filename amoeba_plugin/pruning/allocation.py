@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .anatomy import Anatomy
-from .budget import Budget
-from .errors import InvalidBudgetError
-from .plan import LayerPlan, Plan, source_info
+from ..anatomy import Anatomy
+from ..budget import Budget
+from ..errors import InvalidBudgetError
+from ..plan import LayerPlan, Plan, source_info
 
 
 def top_indices(scores, k: int) -> list[int]:

@@ -2,9 +2,9 @@
 the uniform baselines (plugins subclass :class:`UniformWidthMethod` with another metric)."""
 from __future__ import annotations
 
+from ..errors import AmoebaError
+from ..methods import Method, PruneResult, PruningContext
 from .allocation import uniform_plan, uniform_width
-from .errors import AmoebaError
-from .methods import Method, PruneResult, PruningContext
 
 
 class UniformWidthMethod(Method):
@@ -28,7 +28,7 @@ class UniformWidthMethod(Method):
     default_options = {"metric": "magnitude", "keep_layers": []}
 
     def prune(self, context: PruningContext) -> PruneResult:
-        from .plugins import get
+        from ..plugins import get
 
         anatomy, budget = context.anatomy, context.budget
         self.check_budget(budget)

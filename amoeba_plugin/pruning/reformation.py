@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import AmoebaError
-from .surgery.index import query_rows
+from ..errors import AmoebaError
+from ..surgery.index import query_rows
 
 SOLVERS = ("exact", "admm")
 INPUTS = ("sequential", "dense")
@@ -142,7 +142,7 @@ def reformation_patch(model, anatomy, plan, windows: torch.Tensor, *, solver: st
         return patch
     options = {"solver": solver, "damping": damping, "rho": rho, "iterations": iterations}
     if inputs == "dense":
-        from .calibration import collect_statistics
+        from ..calibration import collect_statistics
 
         def on_layer(layer, stats):
             for role, kept in todo[layer.index].items():
@@ -158,8 +158,8 @@ def reformation_patch(model, anatomy, plan, windows: torch.Tensor, *, solver: st
 def _sequential(model, anatomy, plan, windows, todo, options, patch, report, batch_size) -> None:
     """Block by block through the subnet: capture each pruned linear's input with the block's own
     rows unpruned, refit; the pass then moves the hidden states through the pruned, reformed block."""
-    from .calibration import InputStats, LayerStep, layer_pass
-    from .plan import LayerPlan, Plan
+    from ..calibration import InputStats, LayerStep, layer_pass
+    from ..plan import LayerPlan, Plan
 
     def variant(index: int, **fields) -> Plan:
         """The plan with layer ``index`` replaced by a copy with ``fields`` unpruned."""
