@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from amoeba_plugin.allocation import uniform_plan
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.data import calibration_windows, eval_windows
 from amoeba_plugin.eval import PerplexityEvaluator
 from amoeba_plugin.models import load_model
 from amoeba_plugin.plugins import get
+from amoeba_plugin.pruning.allocation import uniform_plan
 from amoeba_plugin.surgery import apply_soft
 
 METRICS = ("magnitude", "wanda-sp", "fluctuation", "taylor", "obs")

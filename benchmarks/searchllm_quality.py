@@ -36,7 +36,7 @@ from amoeba_plugin.eval import PerplexityEvaluator  # noqa: E402
 from amoeba_plugin.methods import PruningContext  # noqa: E402
 from amoeba_plugin.models import load_model  # noqa: E402
 from amoeba_plugin.plugins import get  # noqa: E402
-from amoeba_plugin.reformation import reformation_patch  # noqa: E402
+from amoeba_plugin.pruning.reformation import reformation_patch  # noqa: E402
 from amoeba_plugin.surgery import slice_model  # noqa: E402
 
 EVAL_SOURCES = ("sotu:validation", "brown:test", "moby-dick:test")

@@ -28,7 +28,7 @@ from amoeba_plugin.budget import Budget  # noqa: E402
 from amoeba_plugin.data import calibration_windows, eval_windows  # noqa: E402
 from amoeba_plugin.eval import PerplexityEvaluator  # noqa: E402
 from amoeba_plugin.models import load_model  # noqa: E402
-from amoeba_plugin.reformation import reformation_patch  # noqa: E402
+from amoeba_plugin.pruning.reformation import reformation_patch  # noqa: E402
 from amoeba_plugin.surgery import slice_model  # noqa: E402
 from amoeba_searchllm.genome import Candidate  # noqa: E402
 from amoeba_searchllm.init import budget_space, prepare_start  # noqa: E402

@@ -6,7 +6,7 @@ from conftest import make_tiny
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.errors import AmoebaError
 from amoeba_plugin.plan import LayerPlan, Plan, source_info
-from amoeba_plugin.reformation import output_error, reform_columns, reformation_patch
+from amoeba_plugin.pruning.reformation import output_error, reform_columns, reformation_patch
 from amoeba_plugin.surgery import apply_soft, slice_model
 
 

@@ -14,7 +14,7 @@ class UniformWidthMethod(Method):
     the other layers then shrink more and the result needs the project's own architecture.
 
     The result has the source family's own shape, so it exports as a stock Hugging Face model
-    (:func:`amoeba_plugin.allocation.uniform_width` finds the largest such shape that fits).
+    (:func:`amoeba_plugin.pruning.allocation.uniform_width` finds the largest such shape that fits).
     Registered as ``uniform-magnitude``: the host's one method that needs no data and no plugin,
     and the baseline every other method must beat. Plugins subclass it for other metrics (the
     baselines' ``wanda-sp`` and ``random``) by setting ``name`` and ``default_options``.

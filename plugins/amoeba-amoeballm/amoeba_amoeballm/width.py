@@ -14,18 +14,18 @@ from collections.abc import Sequence
 
 import torch
 
-from amoeba_plugin.allocation import (
+from amoeba_plugin.budget import Budget
+from amoeba_plugin.calibration import SITES, collect_statistics
+from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.plan import Plan
+from amoeba_plugin.plugins import get
+from amoeba_plugin.pruning.allocation import (
     global_width,
     standardized_unit_scores,
     uniform_plan,
     uniform_width,
 )
-from amoeba_plugin.budget import Budget
-from amoeba_plugin.calibration import SITES, collect_statistics
-from amoeba_plugin.compensation import output_bias_compensation
-from amoeba_plugin.errors import AmoebaError
-from amoeba_plugin.plan import Plan
-from amoeba_plugin.plugins import get
+from amoeba_plugin.pruning.compensation import output_bias_compensation
 
 ALLOCATIONS = ("global", "uniform")
 

@@ -1,9 +1,9 @@
 """FLAP: fluctuation-scored heads and channels, one global ranking across layers, bias compensation."""
-from amoeba_plugin.allocation import global_width, standardized_unit_scores
 from amoeba_plugin.calibration import SITES, collect_statistics
-from amoeba_plugin.compensation import output_bias_compensation
 from amoeba_plugin.methods import Method, PruneResult
 from amoeba_plugin.plugins import get
+from amoeba_plugin.pruning.allocation import global_width, standardized_unit_scores
+from amoeba_plugin.pruning.compensation import output_bias_compensation
 
 
 class FLAPMethod(Method):
@@ -17,7 +17,7 @@ class FLAPMethod(Method):
        KV groups, so the result keeps equal query heads per group).
     3. FLAP's AL-AM allocation: one ranking of all KV groups and MLP channels across layers, each
        weighted by its parameter (or MACs) cost, the lowest removed until the budget fits
-       (:func:`amoeba_plugin.allocation.global_width`).
+       (:func:`amoeba_plugin.pruning.allocation.global_width`).
     4. Bias compensation: the mean contribution of every removed channel,
        ``b = W_out[:, removed] @ mean(X[removed])``, becomes an output bias of o_proj / down_proj
        (``bias_compensation=False`` turns it off). A layer that loses all of its attention or MLP

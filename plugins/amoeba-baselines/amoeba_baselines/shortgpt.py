@@ -1,8 +1,8 @@
 """ShortGPT: remove whole decoder layers, the least influential first."""
-from amoeba_plugin.allocation import unreachable
 from amoeba_plugin.methods import Method, PruneResult
 from amoeba_plugin.plan import Plan
 from amoeba_plugin.plugins import get
+from amoeba_plugin.pruning.allocation import unreachable
 
 
 class ShortGPTMethod(Method):

@@ -1,5 +1,5 @@
 """Uniform-width baselines: the host's uniform method with another metric."""
-from amoeba_plugin.uniform import UniformWidthMethod
+from amoeba_plugin.pruning.uniform import UniformWidthMethod
 
 
 class WandaSPMethod(UniformWidthMethod):

@@ -4,7 +4,7 @@ the ``amoeba_plugin`` entry-point group like any third-party plugin.
 * :mod:`.init`: salient-weight inheritance (OBS saliency, uniform inheriting ratio from the budget);
 * :mod:`.space`, :mod:`.genome`, :mod:`.operators`, :mod:`.search`: the evolutionary search over
   depth, per-KV-group head-channel masks (RoPE pairs) and MLP masks, counted exactly against the budget;
-* reformation and slicing come from the host (:mod:`amoeba_plugin.reformation`, ``slice_model``).
+* reformation and slicing come from the host (:mod:`amoeba_plugin.pruning.reformation`, ``slice_model``).
 
 Hooks: the ``searchllm`` method and the ``amoeba searchllm`` commands.
 """

@@ -2,7 +2,7 @@
 
 ``amoeba prune MODEL --method searchllm --budget 0.5`` runs the three stages on the run's calibration
 windows: salient-weight inheritance (:mod:`.init`), the evolutionary search (:mod:`.search`), then
-reformation of the column-pruned linears (the host's :func:`amoeba_plugin.reformation.reformation_patch`).
+reformation of the column-pruned linears (the host's :func:`amoeba_plugin.pruning.reformation.reformation_patch`).
 The last ``fitness_windows`` calibration windows (cut to their first ``fitness_seq_len`` tokens, when
 set) score candidates and nothing else; the others feed the saliency and the reformation, so the
 fitness never sees the text the weights were fitted on.
@@ -133,7 +133,7 @@ class SearchLLMMethod(Method):
         plan = result.best.to_plan(anatomy, method=self.name)
         patch, errors = None, {}
         if options["reformation"] != "none":
-            from amoeba_plugin.reformation import reformation_patch
+            from amoeba_plugin.pruning.reformation import reformation_patch
 
             t = time.perf_counter()
             patch = reformation_patch(model, anatomy, plan, statistics, solver=options["reformation"],

@@ -12,10 +12,10 @@ import math
 import warnings
 from dataclasses import asdict, dataclass
 
-from amoeba_plugin.allocation import top_indices
 from amoeba_plugin.budget import Budget
 from amoeba_plugin.errors import InvalidBudgetError, UnsupportedModelError
 from amoeba_plugin.plan import LayerPlan, Plan, source_info
+from amoeba_plugin.pruning.allocation import top_indices
 
 #: the mask families, in the order logs and docs list them
 STRUCTURES = ("layer", "kv", "query", "intermediate", "hidden")
