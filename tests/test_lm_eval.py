@@ -70,6 +70,23 @@ def amoeba_model(model_args: str, limit=CLOZE_LIMIT):
                                    batch_size=16, task_manager=task_manager(["amoeba_sotu_cloze"]), log_samples=True)
 
 
+def test_the_model_and_the_evaluator_do_not_import_each_other():
+    """lm_eval.py imports lm_eval_model.py (lazily); the model takes its --model_args loading from
+    model_args.py and its log quieting from logs.py, never from lm_eval.py: no import cycle."""
+    import ast
+
+    def imports(module):
+        tree = ast.parse((ROOT / "amoeba_plugin" / "eval" / f"{module}.py").read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
+
+    assert "lm_eval" not in imports("lm_eval_model") | imports("model_args") | imports("logs")
+    assert "lm_eval_model" in imports("lm_eval")
+    from amoeba_plugin.eval import model_args
+    from amoeba_plugin.eval.lm_eval import load_model_args
+
+    assert load_model_args is model_args.load_model_args  # still importable where it was
+
+
 # ---------------------------------------------------------------------- packaged tasks
 def test_packaged_tasks_are_discovered():
     found = packaged_tasks()

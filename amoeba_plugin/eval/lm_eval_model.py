@@ -8,7 +8,7 @@ called on ``import amoeba_plugin``, by ``amoeba-lm-eval`` and by the ``lm-eval``
     amoeba-lm-eval run --model amoeba --model_args bundle=amoeba.bundle,shape=0.5 --tasks ...
 
 ``--model_args``: ``pretrained=`` | ``base=,plan=`` | ``bundle=`` (see
-:func:`~amoeba_plugin.eval.lm_eval.load_model_args`), and ``dtype``, ``device``, ``tokenizer``,
+:func:`~amoeba_plugin.eval.model_args.load_model_args`), and ``dtype``, ``device``, ``tokenizer``,
 ``batch_size``, ``max_batch_size``, ``max_length`` plus HFLM's formatting options (``add_bos_token``,
 ``prefix_token_id``, ``truncation``, ``logits_cache``, ``softmax_dtype``, ``mixed_precision_dtype``).
 Importing this module imports lm-eval's HFLM (and so transformers and accelerate).
@@ -20,7 +20,8 @@ from typing import Any
 from lm_eval.models.huggingface import HFLM
 
 from ..errors import AmoebaError
-from .lm_eval import load_model_args, quiet_lm_eval, resolve_device
+from .logs import quiet_lm_eval
+from .model_args import load_model_args, resolve_device
 
 #: HFLM keyword arguments that make sense for a model handed over already loaded
 HFLM_OPTIONS = frozenset({"batch_size", "max_batch_size", "max_length", "truncation", "logits_cache",
