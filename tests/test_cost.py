@@ -3,8 +3,10 @@ computed once; a bound budget measures and fits plans as the Budget methods alwa
 import random
 
 import pytest
+import torch
 
 import amoeba_plugin  # noqa: F401  (registers the `amoeba` architecture)
+from amoeba_plugin.allocation import global_width
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.budget import Budget, BoundBudget
 from amoeba_plugin.cost import CostModel
@@ -17,7 +19,8 @@ from conftest import FAMILIES, make_tiny
 VARIANTS = {**{f: (f, {}) for f in sorted(FAMILIES)},
             "llama-biases": ("llama", {"attention_bias": True, "mlp_bias": True}),
             "qwen2-tied": ("qwen2", {"tie_word_embeddings": True}),
-            "mistral-mha": ("mistral", {"num_key_value_heads": 8})}
+            "mistral-mha": ("mistral", {"num_key_value_heads": 8}),
+            "qwen3-mqa": ("qwen3", {"num_key_value_heads": 1})}
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +210,77 @@ def test_describe(models):
     d = CostModel(anatomy).describe()
     assert d["uniform"] and d["full"] == Plan.full(anatomy).num_parameters(anatomy)
     assert d["kv_group"] == [4 * 8 * 2 * 64 + 8 * 2 * 64] * 2 and d["mlp_channel"] == 3 * 64
+
+
+def _global_width_by_removal(anatomy, budget, group_scores, channel_scores, output_bias):
+    """global_width as it was before the cost model: each unit's cost measured as what removing the
+    layer's first unit of that type saves from the full plan (a reference for the test below)."""
+    full = Plan.full(anatomy)
+    full.output_bias = output_bias
+    base = budget.measure(full, anatomy)
+    need = base - budget.target(anatomy)
+    if need <= 0:
+        return full
+
+    def without(layer, **change):
+        plan = Plan([LayerPlan(l.index) for l in anatomy.layers], output_bias=output_bias)
+        for k, v in change.items():
+            setattr(plan.layers[layer], k, v)
+        return budget.measure(plan, anatomy)
+
+    units = []
+    for l in anatomy.layers:
+        n, qpg = l.num_kv_groups, l.queries_per_group
+        drop = without(l.index, kv_groups=list(range(1, n)), query_heads=[list(range(qpg))] * (n - 1))
+        units += [(float(s), base - drop, l.index, "group", g) for g, s in enumerate(group_scores[l.index])]
+        drop = without(l.index, mlp_channels=list(range(1, l.intermediate_size)))
+        units += [(float(s), base - drop, l.index, "channel", c) for c, s in enumerate(channel_scores[l.index])]
+    units.sort(key=lambda u: (u[0], u[2], u[3], u[4]))
+    removed, count = 0.0, 0
+    while count < len(units) and removed < need:
+        removed += units[count][1]
+        count += 1
+
+    def build(k):
+        plan = Plan.full(anatomy)
+        plan.output_bias = output_bias
+        for _, _, layer, kind, index in sorted(units[:k], key=lambda u: (u[2], u[3], u[4])):
+            lp, la = plan.layers[layer], anatomy.layer(layer)
+            if kind == "group":
+                lp.kv_groups = [g for g in (range(la.num_kv_groups) if lp.kv_groups is None else lp.kv_groups) if g != index]
+                lp.query_heads = [list(range(la.queries_per_group)) for _ in lp.kv_groups]
+            else:
+                lp.mlp_channels = [c for c in (range(la.intermediate_size) if lp.mlp_channels is None
+                                               else lp.mlp_channels) if c != index]
+        return plan
+
+    plan = build(count)
+    while not budget.fits(plan, anatomy) and count < len(units):
+        count += 1
+        plan = build(count)
+    return plan
+
+
+@pytest.mark.parametrize("variant", ["llama", "llama-biases", "mistral-mha", "qwen3", "qwen3-mqa"])
+def test_global_width_with_unit_costs_equals_measuring_each_removal(variant, models):
+    """FLAP's allocation weighs units with the cost model and makes the plans it made when it measured
+    the removal of each layer's first unit, for every budget kind, with and without output biases, on
+    GQA, MHA and a single KV group (whose removal also takes the attention's norm and bias)."""
+    _, anatomy = models(variant)
+    g = torch.Generator().manual_seed(7)
+    for trial in range(3):
+        groups = [torch.randn(l.num_kv_groups, generator=g) - 1.5 * (trial == 2) for l in anatomy.layers]
+        channels = [torch.randn(l.intermediate_size, generator=g) for l in anatomy.layers]
+        for text in ("0.5", "0.9", "nonembed=0.45", "macs=0.6", "count=200000"):
+            for bias in (False, True):
+                budget = Budget.parse(text)
+                try:
+                    want = _global_width_by_removal(anatomy, budget, groups, channels, bias)
+                except InvalidBudgetError:
+                    continue
+                if not budget.fits(want, anatomy):
+                    with pytest.raises(InvalidBudgetError):
+                        global_width(anatomy, budget, groups, channels, output_bias=bias)
+                    continue
+                got = global_width(anatomy, budget, groups, channels, output_bias=bias)
+                assert got.to_dict() == want.to_dict(), (text, bias)
