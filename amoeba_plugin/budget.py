@@ -8,8 +8,9 @@ Methods state which kinds they accept and reject the others with a clear error.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
+from .cost import CostModel
 from .errors import InvalidBudgetError
 
 KINDS = ("params", "nonembed", "count", "macs", "shape", "latency", "latency_ms")
@@ -29,7 +30,6 @@ class Budget:
     kind: str = "params"
     value: float | int | dict = 0.5
     tolerance: float = 0.0  # how far below the target a method may land (fraction of the target)
-    shape: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -89,7 +89,7 @@ class Budget:
         return cls(kind, rest)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "shape"}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> Budget:
@@ -107,35 +107,77 @@ class Budget:
         return f"{self.kind}={self.value:g}"
 
     # ------------------------------------------------------------------ checks against a plan
+    def bind(self, anatomy) -> BoundBudget:
+        """This budget for ``anatomy``: the target, the unit costs and ``measure``/``fits``, counted once."""
+        return BoundBudget(self, anatomy)
+
     def target(self, anatomy) -> float:
         """The ceiling in the budget's own unit (parameters or MACs) for ``anatomy``."""
-        from .plan import Plan
-
-        full = Plan.full(anatomy)
-        if self.kind == "params":
-            return self.value * full.num_parameters(anatomy)
-        if self.kind == "nonembed":
-            return self.value * full.num_parameters(anatomy, embeddings=False)
-        if self.kind == "count":
-            return float(self.value)
-        if self.kind == "macs":
-            return self.value * full.macs_per_token(anatomy)
-        if self.is_latency:
-            raise InvalidBudgetError("a latency budget is measured, not counted", _LATENCY_FIX)
-        raise InvalidBudgetError("a shape budget has no scalar target", "use Budget.value for the shape")
+        return self.bind(anatomy).target
 
     def measure(self, plan, anatomy) -> float:
-        if self.kind in ("params", "count"):
-            return plan.num_parameters(anatomy)
-        if self.kind == "nonembed":
-            return plan.num_parameters(anatomy, embeddings=False)
-        if self.kind == "macs":
-            return plan.macs_per_token(anatomy)
-        if self.is_latency:
-            raise InvalidBudgetError("a latency budget is measured, not counted", _LATENCY_FIX)
-        raise InvalidBudgetError("a shape budget has no scalar measure", "compare shapes instead")
+        return self.bind(anatomy).measure(plan)
 
     def fits(self, plan, anatomy) -> bool:
-        if self.kind == "shape":
+        return self.bind(anatomy).fits(plan)
+
+
+#: the cost model that counts each countable budget kind: (unit, embeddings counted)
+_COUNTED = {"params": ("parameters", True), "count": ("parameters", True), "nonembed": ("parameters", False),
+            "macs": ("macs", True)}
+
+
+class BoundBudget:
+    """A :class:`Budget` bound to one anatomy (``Budget.bind``): its target, the per-unit costs in the
+    budget's unit (``costs``, a :class:`~amoeba_plugin.cost.CostModel`), and ``measure``/``fits`` that
+    count a plan from those costs without rebuilding the full model's counts. A shape budget fits every
+    plan and has no scalar target; a latency budget is measured, not counted (its ``costs`` is None)."""
+
+    def __init__(self, budget: Budget, anatomy):
+        self.budget, self.anatomy = budget, anatomy
+        counted = _COUNTED.get(budget.kind)
+        self.costs = CostModel(anatomy, counted[0], embeddings=counted[1]) if counted else None
+        self._target = None
+        if budget.kind == "count":
+            self._target = float(budget.value)
+        elif counted:
+            self._target = budget.value * self.costs.full
+
+    @property
+    def kind(self) -> str:
+        return self.budget.kind
+
+    @property
+    def target(self) -> float:
+        """The ceiling in the budget's own unit (parameters or MACs)."""
+        if self._target is None:
+            self._uncounted("target")
+        return self._target
+
+    @property
+    def full(self) -> int:
+        """The unpruned model's cost in the budget's unit."""
+        if self.costs is None:
+            self._uncounted("measure")
+        return self.costs.full
+
+    def measure(self, plan) -> int:
+        """``plan``'s cost in the budget's unit (exactly ``Plan.num_parameters`` or ``macs_per_token``)."""
+        if self.costs is None:
+            self._uncounted("measure")
+        return self.costs.measure(plan)
+
+    def fits(self, plan) -> bool:
+        if self.budget.kind == "shape":
             return True
-        return self.measure(plan, anatomy) <= self.target(anatomy)
+        return self.measure(plan) <= self.target
+
+    def _uncounted(self, what: str):
+        if self.budget.is_latency:
+            raise InvalidBudgetError("a latency budget is measured, not counted", _LATENCY_FIX)
+        if what == "target":
+            raise InvalidBudgetError("a shape budget has no scalar target", "use Budget.value for the shape")
+        raise InvalidBudgetError("a shape budget has no scalar measure", "compare shapes instead")
+
+    def __repr__(self) -> str:
+        return f"BoundBudget({self.budget}, {self.anatomy.model_type} x{self.anatomy.num_layers})"

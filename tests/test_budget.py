@@ -15,6 +15,7 @@ from amoeba_plugin.plan import LayerPlan, Plan
 def test_parse(text, kind, value):
     b = Budget.parse(text)
     assert (b.kind, b.value) == (kind, value)
+    assert b.to_dict() == {"kind": kind, "value": value, "tolerance": 0.0}
     assert Budget.from_dict(b.to_dict()) == b
 
 
@@ -40,3 +41,14 @@ def test_fits_and_measures(tiny_llama):
     assert Budget.parse("1").fits(full, a)
     assert Budget.parse("nonembed=0.51").fits(half, a)
     assert Budget.parse("macs=0.6").measure(half, a) < full.macs_per_token(a)
+
+
+def test_bind_counts_once(tiny_llama):
+    """A bound budget carries the target and the unit costs; the Budget methods wrap it."""
+    a = anatomy_of(tiny_llama)
+    bound = Budget.parse("0.8").bind(a)
+    full = Plan.full(a)
+    assert bound.full == bound.measure(full) == full.num_parameters(a) and bound.target == 0.8 * bound.full
+    assert bound.costs.layers[0].mlp_channel == 3 * a.hidden_size
+    half = Plan([LayerPlan(0), LayerPlan(1)], source=full.source)
+    assert bound.fits(half) and not bound.fits(full)

@@ -85,6 +85,37 @@ def test_expected_parameters_equal_the_plan_count_for_binary_gates(tiny_llama):
         anatomy, embeddings=False) - 64 * 9
 
 
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen3"])
+def test_expected_parameters_equal_the_host_cost_model_on_hard_masks(family):
+    """On 0/1 gates Sheared's differentiable count is the host's linear-parameter count
+    (``CostModel(embeddings=False, norms=False)``) of the plan the gates keep, for random shapes:
+    layers, KV groups, query heads (one set per layer), MLP and hidden channels."""
+    from amoeba_plugin.cost import CostModel
+    from amoeba_plugin.plan import LayerPlan
+
+    anatomy = anatomy_of(make_tiny(family))
+    costs = CostModel(anatomy, embeddings=False, norms=False)
+    la = anatomy.layers[0]
+    g = torch.Generator().manual_seed(len(family))
+
+    def gates(*shape, low=0.3):
+        mask = (torch.rand(shape, generator=g) > low).float()
+        mask.view(-1, shape[-1])[:, 0] = 1.0  # keep one unit of every row
+        return mask
+
+    for _ in range(12):
+        probs = {"layer": gates(1, anatomy.num_layers), "kv": gates(anatomy.num_layers, la.num_kv_groups),
+                 "query": gates(anatomy.num_layers, la.queries_per_group),
+                 "intermediate": gates(anatomy.num_layers, la.intermediate_size), "hidden": gates(1, anatomy.hidden_size)}
+        kept = lambda row: [i for i, z in enumerate(row.tolist()) if z]  # noqa: E731
+        plan = Plan([LayerPlan(l, kv_groups=kept(probs["kv"][l]),
+                               query_heads=[kept(probs["query"][l])] * len(kept(probs["kv"][l])),
+                               mlp_channels=kept(probs["intermediate"][l]))
+                     for l in kept(probs["layer"][0])], hidden_channels=kept(probs["hidden"][0]))
+        plan.validate(anatomy, check_source=False)
+        assert float(expected_parameters(probs, la.head_dim)) == costs.measure(plan)
+
+
 def test_lagrangian_is_maximised_by_its_own_param_group(tiny_llama):
     anatomy = anatomy_of(tiny_llama)
     stage = PruningStage(tiny_llama, anatomy, Shape(3, 4, 2, 48, 32), PruneOptions(), train_steps=10)

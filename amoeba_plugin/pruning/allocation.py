@@ -103,8 +103,10 @@ def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width
     max_heads = min((l.queries_per_group for l in attn), default=0)
     max_width = min((l.intermediate_size for l in mlps), default=0)
 
+    bound = budget.bind(anatomy)
+
     def fits(h: int, m: int) -> bool:
-        return budget.fits(uniform_plan(anatomy, h, m, keep_layers=keep_layers), anatomy)
+        return bound.fits(uniform_plan(anatomy, h, m, keep_layers=keep_layers))
 
     best = None  # (ranking key, heads, width)
     for h in (range(max_heads, 0, -1) if max_heads else [0]):
@@ -160,40 +162,32 @@ def standardized_unit_scores(anatomy: Anatomy, role_scores: Sequence[dict]) -> t
     return groups, channels
 
 
-def _without(plan: Plan, layer: int, groups: list[int] | None, channels: list[int] | None, anatomy) -> Plan:
-    out = Plan([LayerPlan(lp.index, lp.kv_groups, lp.query_heads, lp.head_channels, lp.mlp_channels)
-                for lp in plan.layers], dict(plan.source), plan.hidden_channels, plan.output_bias)
-    lp, la = out.layers[layer], anatomy.layer(layer)
-    if groups is not None:
-        lp.kv_groups = groups
-        lp.query_heads = [list(range(la.queries_per_group)) for _ in groups]
-    if channels is not None:
-        lp.mlp_channels = channels
-    return out
-
-
 def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.Tensor],
                  channel_scores: Sequence[torch.Tensor], method: str = "global width",
                  output_bias: bool = False) -> Plan:
     """Remove the lowest-scored KV groups and MLP channels of all layers, in one ranking, until
     ``budget`` fits. Scores must be comparable across layers and module types (standardise them
-    first, as FLAP does). Each unit is weighted by its cost in the budget's unit, measured once per
-    layer and type; a layer may lose its whole attention or MLP. ``output_bias`` is set on the plan
-    when the method compensates removed channels with an output bias (it changes the count)."""
+    first, as FLAP does). Each unit is weighted by its cost in the budget's unit (the bound budget's
+    unit costs); a layer's only KV group (only MLP channel) also carries its attention's (MLP's) fixed
+    cost, which goes with it. A layer may lose its whole attention or MLP. ``output_bias`` is set on
+    the plan when the method compensates removed channels with an output bias (it changes the count)."""
+    bound = budget.bind(anatomy)
     full = Plan.full(anatomy)
     full.output_bias = output_bias
-    base = budget.measure(full, anatomy)
-    need = base - budget.target(anatomy)
+    need = bound.measure(full) - bound.target
     if need <= 0:
         return full
+    bias = bound.costs.output_bias if output_bias else (0, 0)
     units = []  # (score, cost, layer, kind, index)
-    for l in anatomy.layers:
+    for l, costs in zip(anatomy.layers, bound.costs.layers):
         if l.has_attention:
-            drop = budget.measure(_without(full, l.index, list(range(1, l.num_kv_groups)), None, anatomy), anatomy)
-            units += [(float(s), base - drop, l.index, "group", g) for g, s in enumerate(group_scores[l.index])]
+            fixed = costs.attention + bias[0] if l.num_kv_groups == 1 else 0
+            units += [(float(s), costs.kv_group[g] + fixed, l.index, "group", g)
+                      for g, s in enumerate(group_scores[l.index])]
         if l.has_mlp:
-            drop = budget.measure(_without(full, l.index, None, list(range(1, l.intermediate_size)), anatomy), anatomy)
-            units += [(float(s), base - drop, l.index, "channel", c) for c, s in enumerate(channel_scores[l.index])]
+            fixed = costs.mlp + bias[1] if l.intermediate_size == 1 else 0
+            units += [(float(s), costs.mlp_channel + fixed, l.index, "channel", c)
+                      for c, s in enumerate(channel_scores[l.index])]
     units.sort(key=lambda u: (u[0], u[2], u[3], u[4]))
     removed, count = 0.0, 0
     while count < len(units) and removed < need:
@@ -216,10 +210,10 @@ def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.
         return plan
 
     plan = build(count)
-    while not budget.fits(plan, anatomy) and count < len(units):  # rounding at emptied layers
+    while not bound.fits(plan) and count < len(units):  # rounding at emptied layers
         count += 1
         plan = build(count)
-    if not budget.fits(plan, anatomy):
+    if not bound.fits(plan):
         raise unreachable(budget, anatomy, plan, method, "removing every attention head and MLP channel")
     return plan
 

@@ -138,6 +138,7 @@ def choose_shape(table: SelectionTable, anatomy, budget: Budget, scores: dict | 
     """The best shape that meets ``budget`` (see the module docstring for "best")."""
     _check_budget_kind(budget)
     fits, size = [], {}
+    bound = budget.bind(anatomy)
     for shape in table.shapes():
         plan = table.plan(shape, anatomy)
         if budget.is_latency:
@@ -147,7 +148,7 @@ def choose_shape(table: SelectionTable, anatomy, budget: Budget, scores: dict | 
             limit = budget.value if budget.kind == "latency_ms" else budget.value * latency["dense_ms"]
             ok, size[shape] = ms <= limit, -ms
         else:
-            ok, size[shape] = budget.fits(plan, anatomy), budget.measure(plan, anatomy)
+            ok, size[shape] = bound.fits(plan), bound.measure(plan)
         if ok:
             fits.append(shape)
     if not fits:

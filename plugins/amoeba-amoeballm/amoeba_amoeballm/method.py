@@ -35,7 +35,8 @@ class AmoebaLLMMethod(Method):
                                  allocation=options["allocation"], bias_compensation=options["bias_compensation"])
         table, report = run_selection(context.model, context.tokenizer, context.anatomy, windows, config,
                                       seed=context.seed)
-        fitting = [s for s in table.shapes() if context.budget.fits(table.plan(s, context.anatomy), context.anatomy)]
+        bound = context.budget.bind(context.anatomy)
+        fitting = [s for s in table.shapes() if bound.fits(table.plan(s, context.anatomy))]
         # the ranking signal, measured only where it can matter
         scores = score_shapes(context.model, context.anatomy, table, windows, shapes=fitting)
         choice = choose_shape(table, context.anatomy, context.budget, scores)

@@ -26,6 +26,7 @@ from amoeba_plugin.pruning.allocation import (
     uniform_width,
 )
 from amoeba_plugin.pruning.compensation import output_bias_compensation
+from amoeba_plugin.cost import CostModel
 
 ALLOCATIONS = ("global", "uniform")
 
@@ -43,16 +44,14 @@ def check_widths(widths: Sequence[float]) -> list[float]:
 
 
 def linear_parameters(anatomy) -> int:
-    """Parameters of the decoder's attention and MLP linears (what a width ratio is a fraction of)."""
-    full = Plan.full(anatomy)
-    norms = sum(anatomy.hidden_size * (int(l.has_attention) + int(l.has_mlp)) + (2 * l.head_dim if "q_norm" in l.modules else 0)
-                for l in anatomy.layers) + anatomy.hidden_size
-    return full.num_parameters(anatomy, embeddings=False) - norms
+    """Parameters of the decoder's attention and MLP linears, biases included (what a width ratio is a
+    fraction of): the host's count without embeddings and norms."""
+    return CostModel(anatomy, embeddings=False, norms=False).full
 
 
 def width_budget(anatomy, width: float) -> Budget:
     """The parameter-count budget that keeps ``width`` of the decoder-linear parameters."""
-    full = Plan.full(anatomy).num_parameters(anatomy)
+    full = CostModel(anatomy).full
     return Budget("count", max(1, int(full - (1 - width) * linear_parameters(anatomy))))
 
 

@@ -27,14 +27,15 @@ class ShortGPTMethod(Method):
         scores = metric.score(context.model, anatomy, "layer", windows, seed=context.seed, **options)
         order = sorted(range(anatomy.num_layers), key=lambda i: (float(scores[i]), i))
         full = Plan.full(anatomy)
+        bound = budget.bind(anatomy)
         dropped: list[int] = []
         plan = full
         for index in order:
-            if budget.fits(plan, anatomy):
+            if bound.fits(plan):
                 break
             dropped.append(index)
             plan = Plan([lp for lp in full.layers if lp.index not in dropped], full.source)
-        if not plan.layers or not budget.fits(plan, anatomy):
+        if not plan.layers or not bound.fits(plan):
             raise unreachable(budget, anatomy, Plan(full.layers[:1], full.source), self.name,
                               "keeping a single decoder layer")
         plan.provenance = {"method": self.name, "budget": str(budget), "metric": metric.name,

@@ -10,8 +10,8 @@ the masked model and the sliced one compute the same function:
 * depth: which layers are kept.
 
 The hidden size, embeddings and LM head are never pruned. A candidate's parameters (or MACs) are an
-affine function of its kept layers, pairs and channels; :class:`CostModel` reads the coefficients off
-:class:`amoeba_plugin.plan.Plan` once, so the search counts a genome exactly without building a plan.
+affine function of its kept layers, pairs and channels; :class:`CostModel` takes the coefficients from
+the host's cost model (``Budget.bind``), so the search counts a genome exactly without building a plan.
 
 Ranges: the paper's Table 1 (per-head attention ratio, MLP ratio, depth), chosen by the uniform
 inheriting ratio of the blocks (:func:`preset_ranges`). Its 70% row reads "[0.3, 1]" for attention,
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from amoeba_plugin.budget import Budget
 from amoeba_plugin.errors import AmoebaError
-from amoeba_plugin.plan import LayerPlan, Plan, source_info
 
 #: Table 1 of the paper, by target inheriting ratio: (attention ratio low, MLP ratio low, depth low as a
 #: fraction of the layers; LLaMA-7B's 30/32 and 28/32). Ratios run up to 1, attention by 0.01, MLP by 0.05.
@@ -121,34 +120,23 @@ def _grid(bounds: tuple[float, float], step: float, units: int, multiple: int) -
 
 class CostModel:
     """A candidate's cost in a budget's unit (parameters, non-embedding parameters or MACs), exactly:
-    ``base + sum over kept layers of (layer + per_pair * kept pairs + per_channel * kept channels)``."""
+    ``base + sum over kept layers of (layer + per_pair * kept pairs + per_channel * kept channels)``,
+    with the host's unit costs (``Budget.bind(anatomy).costs``): ``layer`` is a layer's fixed cost
+    (norms, output biases, and per-head q/k norms, whose heads keep all their channels), ``per_pair``
+    one RoPE pair of one KV group, ``per_channel`` one MLP channel."""
 
     def __init__(self, anatomy, budget: Budget):
         if budget.kind not in ("params", "nonembed", "count", "macs"):
             raise AmoebaError(f"the search counts parameters or MACs, not a '{budget.kind}' budget",
                               "use a params, nonembed, count or macs budget")
         self.budget, self.anatomy = budget, anatomy
-        src = source_info(anatomy)
-
-        def measure(layers: list[LayerPlan]) -> float:
-            return float(budget.measure(Plan(layers, source=src), anatomy))
-
-        self.base = measure([])
-        self.layer, self.per_pair, self.per_channel = [], [], []
-        for la in anatomy.layers:
-            hd, g = la.head_dim, la.num_kv_groups
-
-            def one(pairs: int, channels: int) -> float:
-                keep = sorted(list(range(pairs)) + [hd // 2 + j for j in range(pairs)])
-                return measure([LayerPlan(la.index, head_channels=keep, mlp_channels=list(range(channels)))])
-
-            p11 = one(1, 1)
-            per_pair = (one(2, 1) - p11) / g
-            per_channel = one(1, 2) - p11
-            self.layer.append(p11 - self.base - g * per_pair - per_channel)
-            self.per_pair.append(per_pair)
-            self.per_channel.append(per_channel)
-        self.target = float(budget.target(anatomy))
+        bound = budget.bind(anatomy)
+        units = bound.costs
+        self.base = float(units.base)
+        self.layer = [float(l.attention + l.mlp) for l in units.layers]
+        self.per_pair = [float(l.head_pair[0]) for l in units.layers]
+        self.per_channel = [float(l.mlp_channel) for l in units.layers]
+        self.target = float(bound.target)
         self.full = self.cost(range(len(anatomy.layers)),
                               [[la.head_dim // 2] * la.num_kv_groups for la in anatomy.layers],
                               [la.intermediate_size for la in anatomy.layers])

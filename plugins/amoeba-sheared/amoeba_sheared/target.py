@@ -186,8 +186,10 @@ def nearest_shape(anatomy, config, budget: Budget) -> Shape:
             hidden, inter = min(hidden, source.hidden), min(inter, source.intermediate)
         return Shape(layers, heads, kv, inter, hidden)
 
+    bound = budget.bind(anatomy)
+
     def fits(shape):
-        return family_expresses(config, shape) and budget.fits(shape_plan(anatomy, shape), anatomy)
+        return family_expresses(config, shape) and bound.fits(shape_plan(anatomy, shape))
 
     units = source.heads if mha else source.queries_per_group
     for layers in range(source.layers, 0, -1):

@@ -4,6 +4,10 @@ An :class:`ArchitectureAdapter` (one per model family, registered through
 ``amoeba_register_architectures``) reads a ``PreTrainedModel`` and returns an :class:`Anatomy`.
 Everything downstream (metrics, plans, surgery, exporters) addresses modules through the anatomy's
 qualified names, so nobody else hard-codes ``model.model.layers[i].self_attn.q_proj``.
+
+The adapters shipped with the host live beside this module: :mod:`amoeba_plugin.anatomy.llama` (Llama,
+Mistral, Qwen2, Qwen3 and the project's own ``amoeba`` architecture); ``amoeba_plugin.builtin``
+registers them.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 #: roles of the per-layer modules an anatomy may name
 ATTENTION_ROLES = ("q", "k", "v", "o")
@@ -150,7 +154,7 @@ def fingerprint(model, shape_items: list) -> str:
 
 def get_adapter(model) -> ArchitectureAdapter:
     """The registered adapter for ``model``, or an error naming the family and the supported ones."""
-    from .plugins import registry
+    from ..plugins import registry
 
     adapters = registry("architectures")
     for adapter in adapters.values():
