@@ -16,7 +16,8 @@ Fixtures: ``tiny_model`` (parametrised over every family), ``tiny_llama``, ``inp
 ``tiny_windows``, ``embedded_windows`` and ``register_plugin``.
 
 Heavy imports (transformers' model classes, the plugin manager, surgery) happen inside the functions,
-so loading this plugin costs a pytest session nothing it does not use.
+so loading this plugin adds little to what ``import amoeba_plugin`` costs; the package itself never
+imports this module (nor pytest).
 """
 from __future__ import annotations
 
@@ -204,3 +205,9 @@ def register_plugin() -> Iterator[Callable[[Any, str], Any]]:
     for name in reversed(names):
         if plugins.get_plugin_manager().has_plugin(name):
             plugins.unregister_plugin(name)
+
+
+__all__ = [
+    "COMMON", "EMBEDDED", "FAMILIES", "WORDS", "assert_soft_equals_sliced", "embedded_tokenizer", "make_tiny",
+    "registered_plugin", "save_tiny", "text_windows", "tiny_tokenizer", "token_ids",
+]
