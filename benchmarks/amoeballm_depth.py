@@ -18,7 +18,7 @@ draw). Reported per DP: evaluations (and the closed form), total and per-evaluat
 
 Writes ``amoeballm_depth_tiny.json`` and ``.md`` under ``--out``.
 
-Usage: ``python benchmarks/amoeballm_depth.py --threads 1``
+Usage: ``python -m benchmarks.amoeballm_depth --threads 1``
 """
 from __future__ import annotations
 
@@ -30,20 +30,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from amoeba_amoeballm.depth import DepthTable, dp_layer_selection, expected_evaluations
+from amoeba_amoeballm.scorers import LMEvalScorer, LossScorer, layer_plan
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from amoeba_amoeballm.depth import DepthTable, dp_layer_selection, expected_evaluations  # noqa: E402
-from amoeba_amoeballm.scorers import LMEvalScorer, LossScorer, layer_plan  # noqa: E402
-from compare_methods import machine_info, restored_settings, versions, write_json_atomic  # noqa: E402
-
-from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
-from amoeba_plugin.data import calibration_windows, eval_windows  # noqa: E402
-from amoeba_plugin.errors import AmoebaError  # noqa: E402
-from amoeba_plugin.eval import PerplexityEvaluator  # noqa: E402
-from amoeba_plugin.models import load_model  # noqa: E402
-from amoeba_plugin.plugins import get  # noqa: E402
-from amoeba_plugin.surgery import slice_model  # noqa: E402
+from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.data import calibration_windows, eval_windows
+from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.eval import PerplexityEvaluator
+from amoeba_plugin.models import load_model
+from amoeba_plugin.plugins import get
+from amoeba_plugin.surgery import slice_model
+from benchmarks.harness import machine_info, restored_settings, versions, write_json_atomic
 
 FORMAT = "amoeba-amoeballm-depth"
 METHODS = ("dp-loss", "dp-cloze", "drop-last", "block-influence")

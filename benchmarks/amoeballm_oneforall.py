@@ -16,7 +16,7 @@ On the embedded model (or ``--model``):
 Results go to ``--out`` (JSON + Markdown; the bundles under ``bundles/`` are not committed); finished
 entries and trained bundles are kept, so an interrupted run resumes.
 
-    python benchmarks/amoeballm_oneforall.py --steps 300
+    python -m benchmarks.amoeballm_oneforall --steps 300
 """
 from __future__ import annotations
 
@@ -28,24 +28,22 @@ import time
 from pathlib import Path
 
 import torch
+from amoeba_amoeballm.bundle import Bundle, write_bundle
+from amoeba_amoeballm.extract import choose_shape, decode_ms_per_token, extract
+from amoeba_amoeballm.select import SelectionConfig, run_selection
+from amoeba_amoeballm.smol import SMoLConfig
+from amoeba_amoeballm.train import TrainConfig, lora_finetune, train_bundle
+
+import amoeba_plugin  # noqa: F401
+from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.api import AmoebaPruner, PruningConfig, get_calibration_dataset
+from amoeba_plugin.budget import Budget
+from amoeba_plugin.data import eval_windows
+from amoeba_plugin.eval import PerplexityEvaluator
+from amoeba_plugin.models import load_model
+from benchmarks.harness import EntryCache, machine_info
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from amoeba_amoeballm.bundle import Bundle, write_bundle  # noqa: E402
-from amoeba_amoeballm.extract import choose_shape, decode_ms_per_token, extract  # noqa: E402
-from amoeba_amoeballm.select import SelectionConfig, run_selection  # noqa: E402
-from amoeba_amoeballm.smol import SMoLConfig  # noqa: E402
-from amoeba_amoeballm.train import TrainConfig, lora_finetune, train_bundle  # noqa: E402
-from compare_methods import EntryCache, machine_info, write_json_atomic  # noqa: E402
-
-import amoeba_plugin  # noqa: E402,F401
-from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
-from amoeba_plugin.api import AmoebaPruner, PruningConfig, get_calibration_dataset  # noqa: E402
-from amoeba_plugin.budget import Budget  # noqa: E402
-from amoeba_plugin.data import eval_windows  # noqa: E402
-from amoeba_plugin.eval import PerplexityEvaluator  # noqa: E402
-from amoeba_plugin.models import load_model  # noqa: E402
 
 EVAL_SOURCES = ("sotu:validation", "brown")
 

@@ -5,7 +5,7 @@ temporary directory, and reloaded with stock ``AutoModelForCausalLM.from_pretrai
 decoding (batch 1, KV cache, ``--new-tokens`` tokens after a fixed prompt) is timed for the dense
 model and every export, interleaved over ``--repeats`` rounds; the median is reported.
 
-Usage: ``python benchmarks/decode_speed.py [--model amoeba-tiny-sotu] [--budgets 0.5] [--repeats 5]``
+Usage: ``python -m benchmarks.decode_speed [--model amoeba-tiny-sotu] [--budgets 0.5] [--repeats 5]``
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +22,7 @@ from transformers import AutoModelForCausalLM
 
 import amoeba_plugin  # noqa: F401  (registers the amoeba architecture for heterogeneous exports)
 from amoeba_plugin.api import AmoebaPruner, PruningConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_methods import parse_method_options  # noqa: E402
-
+from benchmarks.harness import parse_method_options
 
 def decode_tokens_per_s(model, prompt: torch.Tensor, new_tokens: int) -> float:
     with torch.inference_mode():

@@ -7,8 +7,8 @@ one process on the same calibration and evaluation tokens; random runs with seve
 spread is visible. It also measures what removing each query head alone costs (the loss increase on
 calibration text, per layer), which shows where a model is sensitive.
 
-    python benchmarks/metric_ablation.py --model amoeba-tiny-sotu
-    python benchmarks/metric_ablation.py --model smollm2-135m --eval-windows 8
+    python -m benchmarks.metric_ablation --model amoeba-tiny-sotu
+    python -m benchmarks.metric_ablation --model smollm2-135m --eval-windows 8
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         costs = get("metrics", "removal-loss").score(model, anatomy, "query_head", cal[: args.head_costs])
         result["head_removal_cost"] = [[round(float(c), 5) for c in layer] for layer in costs]
     result["seconds"] = round(time.perf_counter() - started, 1)
-    result["command"] = "python benchmarks/metric_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["command"] = "python -m benchmarks.metric_ablation " + " ".join(argv if argv is not None else sys.argv[1:])
     out = args.out or Path(__file__).parent / "results" / f"metric_ablation_{Path(args.model).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -12,7 +12,7 @@ RSS with the model loaded) of:
 * ``taylor``: gradients of the loss over the windows (the model's own size in gradients, plus one
   batch's autograd graph).
 
-    python benchmarks/metric_memory.py --model smollm2-135m --samples 32 --seq-len 256
+    python -m benchmarks.metric_memory --model smollm2-135m --samples 32 --seq-len 256
 """
 from __future__ import annotations
 
@@ -24,15 +24,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_methods import PeakRSS, machine_info
-
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.calibration import SITES, collect_statistics
 from amoeba_plugin.data import calibration_windows
 from amoeba_plugin.models import load_model
 from amoeba_plugin.plugins import get
-
+from benchmarks.harness import PeakRSS, machine_info
 
 def all_activations(model, anatomy, windows, batch_size: int) -> int:
     """Keep every input of the q, o, gate and down linears of every layer (float32); return bytes kept."""
@@ -90,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
               "model_mib": round(model_bytes / mib, 1), "dtype": str(next(model.parameters()).dtype),
               "windows": list(windows.shape), "tokens": int(windows.numel()), "batch_size": args.batch_size,
               "layers": anatomy.num_layers, "rows": rows, "machine": machine_info(),
-              "command": "python benchmarks/metric_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+              "command": "python -m benchmarks.metric_memory " + " ".join(argv if argv is not None else sys.argv[1:])}
     out = args.out or Path(__file__).parent / "results" / f"metric_memory_{Path(args.model).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

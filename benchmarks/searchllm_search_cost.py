@@ -9,7 +9,7 @@
    log shows a finished generation, and started again with the same command; its final plan is
    compared with that of an uninterrupted run of the same command.
 
-    python benchmarks/searchllm_search_cost.py --threads 1
+    python -m benchmarks.searchllm_search_cost --threads 1
 """
 from __future__ import annotations
 
@@ -23,23 +23,21 @@ import time
 from pathlib import Path
 
 import torch
+from amoeba_searchllm.init import prepare_start
+from amoeba_searchllm.operators import Variation
+from amoeba_searchllm.search import LOG, EvolutionSearch, SearchConfig
+
+import amoeba_plugin  # noqa: F401
+from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.budget import Budget
+from amoeba_plugin.data import calibration_windows
+from amoeba_plugin.eval.scorers import PerplexityScorer
+from amoeba_plugin.models import load_model
+from amoeba_plugin.plan import Plan
+from amoeba_plugin.surgery import slice_model
+from benchmarks.harness import open_results, run_benchmark
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from compare_methods import open_results, run_benchmark  # noqa: E402
-
-import amoeba_plugin  # noqa: E402,F401
-from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
-from amoeba_plugin.budget import Budget  # noqa: E402
-from amoeba_plugin.data import calibration_windows  # noqa: E402
-from amoeba_plugin.eval.scorers import PerplexityScorer  # noqa: E402
-from amoeba_plugin.models import load_model  # noqa: E402
-from amoeba_plugin.plan import Plan  # noqa: E402
-from amoeba_plugin.surgery import slice_model  # noqa: E402
-from amoeba_searchllm.init import prepare_start  # noqa: E402
-from amoeba_searchllm.operators import Variation  # noqa: E402
-from amoeba_searchllm.search import LOG, EvolutionSearch, SearchConfig  # noqa: E402
 
 #: (population, generations): population doubles at fixed generations, generations double at fixed population
 GRID = ((10, 2), (10, 4), (10, 8), (20, 4), (40, 4))

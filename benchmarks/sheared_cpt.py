@@ -20,7 +20,7 @@ Held-out perplexity per domain is measured on windows disjoint from those the dy
 (not committed); finished numbers are cached in ``results.json``, so an interrupted benchmark
 resumes. Writes ``results.json``, ``results.md`` and ``proportions.png`` under ``--out``.
 
-    python benchmarks/sheared_cpt.py --threads 1
+    python -m benchmarks.sheared_cpt --threads 1
 """
 from __future__ import annotations
 
@@ -29,25 +29,24 @@ import math
 import sys
 from pathlib import Path
 
+from amoeba_sheared.config import DataConfig, TrainConfig
+from amoeba_sheared.domains import DEFAULT_DOMAINS, DomainSpec
+from amoeba_sheared.prune import PruneOptions
+from amoeba_sheared.report import plot_proportions, proportions_history
+from amoeba_sheared.run import pretrain, prune
+from amoeba_sheared.target import metric_scores, resolve_target, shape_plan, source_shape
+
+import amoeba_plugin  # noqa: F401
+from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.budget import Budget
+from amoeba_plugin.data import eval_windows
+from amoeba_plugin.eval import PerplexityEvaluator
+from amoeba_plugin.export import ExportRequest, export
+from amoeba_plugin.models import load_model
+from amoeba_plugin.surgery import slice_model
+from benchmarks.harness import open_results, run_benchmark, write_json_atomic
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from amoeba_sheared.config import DataConfig, TrainConfig  # noqa: E402
-from amoeba_sheared.domains import DEFAULT_DOMAINS, DomainSpec  # noqa: E402
-from amoeba_sheared.prune import PruneOptions  # noqa: E402
-from amoeba_sheared.report import plot_proportions, proportions_history  # noqa: E402
-from amoeba_sheared.run import pretrain, prune  # noqa: E402
-from amoeba_sheared.target import metric_scores, resolve_target, shape_plan, source_shape  # noqa: E402
-from compare_methods import open_results, run_benchmark, write_json_atomic  # noqa: E402
-
-import amoeba_plugin  # noqa: E402,F401
-from amoeba_plugin.anatomy import anatomy_of  # noqa: E402
-from amoeba_plugin.budget import Budget  # noqa: E402
-from amoeba_plugin.data import eval_windows  # noqa: E402
-from amoeba_plugin.eval import PerplexityEvaluator  # noqa: E402
-from amoeba_plugin.export import ExportRequest, export  # noqa: E402
-from amoeba_plugin.models import load_model  # noqa: E402
-from amoeba_plugin.surgery import slice_model  # noqa: E402
 
 SHAPE = "shape=layers:6,heads:4,kv_heads:2,intermediate:384,hidden:192"
 

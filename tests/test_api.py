@@ -10,8 +10,8 @@ from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.api import AmoebaPruner, PruningConfig
 from amoeba_plugin.budget import Budget
 from amoeba_plugin.errors import AmoebaError, InvalidBudgetError, UnknownNameError
-from amoeba_plugin.plugins import get, register_plugin, unregister_plugin
-from conftest import make_tiny
+from amoeba_plugin.plugins import get
+from amoeba_plugin.testing import make_tiny, registered_plugin
 
 NO_DATA = dict(calibration=None, evaluation=None)
 
@@ -182,8 +182,7 @@ def test_on_plan_and_progress_hooks_fire():
         def amoeba_on_progress(self, event):
             seen["events"].append(event)
 
-    register_plugin(Observer(), "test-observer")
-    try:
+    with registered_plugin(Observer(), "test-observer"):
         AmoebaPruner(make_tiny("llama")).prune(PruningConfig(budget="0.8", **NO_DATA))
         assert seen["plans"] and seen["plans"][0][1:] == ("uniform-magnitude", "params=0.8")
         seen["events"].clear()
@@ -194,27 +193,25 @@ def test_on_plan_and_progress_hooks_fire():
         seen["events"].clear()
         list(progress(iter(range(100)), "unknown-length"))
         assert seen["events"][-1].step == 100 and len(seen["events"]) <= 10
-    finally:
-        unregister_plugin("test-observer")
 
 
-def test_run_records_its_text_and_refuses_to_evaluate_on_calibration_text(tmp_path):
+def test_run_records_its_text_and_refuses_to_evaluate_on_calibration_text(tmp_path, calibrated_method):
     from amoeba_plugin.errors import DataError
 
     pruner = AmoebaPruner.from_pretrained("amoeba-tiny-sotu")
     data = {"calibration": "sotu:train", "calibration_samples": 4, "calibration_seq_len": 32,
             "evaluation_windows": 2, "evaluation_seq_len": 32}
     with pytest.raises(DataError, match="is the calibration text"):
-        pruner.prune(PruningConfig(method="wanda-sp", budget="0.8", evaluation="sotu:train", **data),
+        pruner.prune(PruningConfig(method=calibrated_method, budget="0.8", evaluation="sotu:train", **data),
                      save_directory=tmp_path / "out", evaluate=True)
     assert not (tmp_path / "out").exists()
-    out = pruner.prune(PruningConfig(method="wanda-sp", budget="0.8", evaluation="brown", **data),
+    out = pruner.prune(PruningConfig(method=calibrated_method, budget="0.8", evaluation="brown", **data),
                        save_directory=tmp_path / "out", evaluate=True)
     record = out.plan.provenance["data"]
     assert record["calibration"] == {"source": "sotu:train", "samples": 4, "seq_len": 32, "seed": 0}
     assert record["evaluation"]["source"] == "brown:test"
     info = json.loads((tmp_path / "out" / "amoeba_export.json").read_text())["info"]
     assert info["data"] == record
-    allowed = pruner.prune(PruningConfig(method="wanda-sp", budget="0.8", evaluation="sotu:train",
+    allowed = pruner.prune(PruningConfig(method=calibrated_method, budget="0.8", evaluation="sotu:train",
                                          allow_calibration_overlap=True, **data), evaluate=True)
     assert allowed.plan.provenance["data"]["evaluation"]["allowed_calibration_overlap"] is True

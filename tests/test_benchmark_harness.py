@@ -1,14 +1,12 @@
-"""benchmarks/compare_methods.py: the method-comparison harness, on the embedded tiny model.
+"""benchmarks.compare_methods: the method-comparison harness (on benchmarks.harness), on the embedded tiny model.
 
 Small on purpose (2 windows of 32 tokens per source, one torch thread): the built-in
 ``uniform-magnitude`` plus in-test methods registered through the plugin manager, one that counts
 its calls (to see resuming skip finished runs), one that raises, one that edits the shared model.
 """
-import importlib.util
 import json
 import shutil
 from collections import Counter
-from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -17,12 +15,11 @@ import torch
 from amoeba_plugin import hookimpl
 from amoeba_plugin.eval import Evaluator
 from amoeba_plugin.methods import Method
-from amoeba_plugin.plugins import get, register_plugin, unregister_plugin
+from amoeba_plugin.plugins import get
+from amoeba_plugin.testing import registered_plugin
+from benchmarks import compare_methods as cm
+from benchmarks import harness
 
-REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("compare_methods", REPO / "benchmarks" / "compare_methods.py")
-cm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cm)
 
 CALLS: Counter = Counter()
 SEEN: dict = {}
@@ -86,9 +83,8 @@ class HarnessPlugin:
 
 @pytest.fixture(scope="module", autouse=True)
 def plugin():
-    register_plugin(HarnessPlugin(), "test-benchmark-harness")
-    yield
-    unregister_plugin("test-benchmark-harness")
+    with registered_plugin(HarnessPlugin(), "test-benchmark-harness"):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -244,17 +240,17 @@ def test_start_up_errors(tmp_path, calibration_file, capsys):
 
 
 def test_method_options_parsing():
-    assert cm.parse_method_options(["flap:metric=fluctuation,ratio=0.5", 'flap:{"bias": true}',
+    assert harness.parse_method_options(["flap:metric=fluctuation,ratio=0.5", 'flap:{"bias": true}',
                                     '{"wanda-sp": {"n": 2}}']) == {
         "flap": {"metric": "fluctuation", "ratio": 0.5, "bias": True}, "wanda-sp": {"n": 2}}
     for bad in ("flap", "flap:metric", "{not json", '{"flap": 3}'):
         with pytest.raises(cm.AmoebaError):
-            cm.parse_method_options([bad])
-    assert cm.split_list("shape=layers:6,heads:4;0.5") == ["shape=layers:6,heads:4", "0.5"]
+            harness.parse_method_options([bad])
+    assert harness.split_list("shape=layers:6,heads:4;0.5") == ["shape=layers:6,heads:4", "0.5"]
 
 
 def test_peak_rss_sees_an_allocation():
-    with cm.PeakRSS() as rss:
+    with harness.PeakRSS() as rss:
         block = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
         del block
     measured = rss.as_dict()

@@ -7,32 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from amoeba_plugin.cli.main import cli
-from conftest import make_tiny
-
-WORDS = ("the people of the united states congress nation government war peace law year world "
-         "economy freedom children work health tax america president union state new").split()
-
-
-def build_tokenizer(vocab_size: int = 128):
-    """A small BPE tokenizer trained in-process (no downloads), wrapped for transformers."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    rng = torch.Generator().manual_seed(0)
-    text = [" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (40,), generator=rng)) for _ in range(200)]
-    text.append("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,;:!?'\"-()")
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=vocab_size,
-                                                      special_tokens=["<unk>", "<s>", "</s>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-
-
-def save_tiny(path, family="llama", **overrides):
-    model = make_tiny(family, **overrides)
-    model.save_pretrained(path)
-    build_tokenizer(model.config.vocab_size).save_pretrained(path)
-    return path
+from amoeba_plugin.testing import make_tiny, save_tiny, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +61,7 @@ def test_plugin_commands_are_added_and_broken_ones_skipped():
     import click
 
     from amoeba_plugin import hookimpl
-    from amoeba_plugin.plugins import register_plugin, unregister_plugin
+    from amoeba_plugin.testing import registered_plugin
 
     class Good:
         @hookimpl
@@ -100,16 +75,13 @@ def test_plugin_commands_are_added_and_broken_ones_skipped():
         def amoeba_register_commands(self, cli):
             raise RuntimeError("boom")
 
-    register_plugin(Good(), "test-good-commands")
-    register_plugin(Broken(), "test-broken-commands")
     try:
-        result = CliRunner().invoke(cli, ["hello-from-plugin"])
-        assert result.exit_code == 0 and result.stdout.strip() == "hi"
-        assert "test-broken-commands" in result.stderr and "boom" in result.stderr
-        assert run("methods").exit_code == 0  # built-ins unaffected
+        with registered_plugin(Good(), "test-good-commands"), registered_plugin(Broken(), "test-broken-commands"):
+            result = CliRunner().invoke(cli, ["hello-from-plugin"])
+            assert result.exit_code == 0 and result.stdout.strip() == "hi"
+            assert "test-broken-commands" in result.stderr and "boom" in result.stderr
+            assert run("methods").exit_code == 0  # built-ins unaffected
     finally:
-        unregister_plugin("test-good-commands")
-        unregister_plugin("test-broken-commands")
         cli.commands.pop("hello-from-plugin", None)
 
 
@@ -181,7 +153,7 @@ def test_unsupported_family(tmp_path):
 
     path = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=128, n_positions=64)).save_pretrained(path)
-    build_tokenizer().save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
     out = tmp_path / "out"
     line = assert_user_error(run("prune", path, "--no-eval", "--calibration", "none", "--output", out), "gpt2")
     assert "not supported" in line
@@ -249,11 +221,11 @@ def test_bad_option_syntax(tiny_dir):
     assert_user_error(run("prune", tiny_dir, "--option", "novalue", "--no-eval"), "key=value")
 
 
-def test_eval_refuses_the_calibration_text_of_an_export(tmp_path):
+def test_eval_refuses_the_calibration_text_of_an_export(tmp_path, calibrated_method):
     out = tmp_path / "wanda"
-    assert_user_error(run("prune", "amoeba-tiny-sotu", "--method", "wanda-sp", "--eval-source", "sotu:train"),
+    assert_user_error(run("prune", "amoeba-tiny-sotu", "--method", calibrated_method, "--eval-source", "sotu:train"),
                       "is the calibration text")
-    result = run("prune", "amoeba-tiny-sotu", "--method", "wanda-sp", "--budget", "0.8", "--samples", "4",
+    result = run("prune", "amoeba-tiny-sotu", "--method", calibrated_method, "--budget", "0.8", "--samples", "4",
                  "--seq-len", "32", "--no-eval", "--output", out)
     assert result.exit_code == 0, result.output
     assert_user_error(run("eval", out, "--source", "sotu:train", "--seq-len", "16", "--windows", "2"),

@@ -13,7 +13,7 @@ from amoeba_plugin.cost import CostModel
 from amoeba_plugin.errors import AmoebaError, InvalidBudgetError
 from amoeba_plugin.plan import LayerPlan, Plan
 from amoeba_plugin.surgery import slice_model
-from conftest import FAMILIES, make_tiny
+from amoeba_plugin.testing import FAMILIES, make_tiny
 
 #: every family, plus the bias and tying variants that change the count (o/down biases, tied embeddings)
 VARIANTS = {**{f: (f, {}) for f in sorted(FAMILIES)},

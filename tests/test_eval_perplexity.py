@@ -7,7 +7,7 @@ import torch
 from amoeba_plugin import plugins
 from amoeba_plugin.data import token_windows
 from amoeba_plugin.eval import Evaluator, PerplexityEvaluator, perplexity
-from conftest import make_tiny
+from amoeba_plugin.testing import make_tiny
 from test_data import corpus, make_tokenizer
 
 

@@ -23,7 +23,7 @@ from amoeba_plugin.export import Exporter, ExportRequest, export
 from amoeba_plugin.hookspecs import hookimpl
 from amoeba_plugin.plan import LayerPlan, Plan, source_info
 from amoeba_plugin.surgery import apply_soft, slice_model
-from conftest import FAMILIES, make_tiny
+from amoeba_plugin.testing import FAMILIES, make_tiny, registered_plugin
 
 INFO = {"method": "uniform-magnitude", "budget": "params=0.6", "seed": 3, "calibration": "sotu:train",
         "source_model": "example-org/tiny-llama", "perplexity_before": 12.25, "perplexity_after": 15.5}
@@ -268,9 +268,8 @@ class _BrokenPlugin:
 
 @pytest.fixture
 def broken_exporter():
-    plugins.register_plugin(_BrokenPlugin(), "test-broken-plugin")
-    yield "test-broken"
-    plugins.unregister_plugin("test-broken-plugin")
+    with registered_plugin(_BrokenPlugin(), "test-broken-plugin"):
+        yield "test-broken"
 
 
 def test_failing_write_leaves_nothing(tmp_path, broken_exporter):

@@ -16,7 +16,7 @@ from amoeba_plugin.export import Exporter, ExportRequest, export
 from amoeba_plugin.methods import Method, PruneResult
 from amoeba_plugin.metrics import Metric
 from amoeba_plugin.plan import LayerPlan, Plan
-from conftest import make_tiny
+from amoeba_plugin.testing import make_tiny
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "hooks.md"
 
@@ -34,21 +34,6 @@ def _optional(module: str, name: str):
         return object
 
 
-@pytest.fixture
-def register():
-    """Register in-process plugins by name; they are unregistered after the test."""
-    names = []
-
-    def _register(plugin, name):
-        names.append(name)
-        plugins.register_plugin(plugin, name)
-        return plugin
-    yield _register
-    for name in reversed(names):
-        if plugins.get_plugin_manager().has_plugin(name):
-            plugins.unregister_plugin(name)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     model = make_tiny("llama")
@@ -56,7 +41,7 @@ def tiny():
 
 
 # ---------------------------------------------------------------------------------------- registration
-def test_hook_amoeba_register_methods(register, tiny):
+def test_hook_amoeba_register_methods(register_plugin, tiny):
     class KeepAll(Method):
         name = "test-keep-all"
         description = "keeps every unit"
@@ -69,7 +54,7 @@ def test_hook_amoeba_register_methods(register, tiny):
         def amoeba_register_methods(self, register):
             register(KeepAll())
 
-    register(P(), "test-methods")
+    register_plugin(P(), "test-methods")
     method = plugins.get("methods", "test-keep-all")
     assert plugins.owner("methods", "test-keep-all") == "test-methods"
     from amoeba_plugin.budget import Budget
@@ -80,7 +65,7 @@ def test_hook_amoeba_register_methods(register, tiny):
     assert result.plan.validate(anatomy).num_parameters(anatomy) == sum(p.numel() for p in model.parameters())
 
 
-def test_hook_amoeba_register_metrics(register, tiny):
+def test_hook_amoeba_register_metrics(register_plugin, tiny):
     class Depth(Metric):
         name = "test-depth"
         units = frozenset({"layer"})
@@ -93,7 +78,7 @@ def test_hook_amoeba_register_metrics(register, tiny):
         def amoeba_register_metrics(self, register):
             register(Depth())
 
-    register(P(), "test-metrics")
+    register_plugin(P(), "test-metrics")
     model, anatomy = tiny
     assert plugins.get("metrics", "test-depth").score(model, anatomy, "layer").tolist() == [0, 1, 2, 3]
     assert plugins.owner("metrics", "test-depth") == "test-metrics"
@@ -110,13 +95,13 @@ class _ListExporter(Exporter):
         (directory / "layers.txt").write_text(" ".join(str(l.index) for l in request.plan.layers))
 
 
-def test_hook_amoeba_register_exporters(register, tiny, tmp_path):
+def test_hook_amoeba_register_exporters(register_plugin, tiny, tmp_path):
     class P:
         @hookimpl
         def amoeba_register_exporters(self, register):
             register(_ListExporter())
 
-    register(P(), "test-exporters")
+    register_plugin(P(), "test-exporters")
     model, anatomy = tiny
     out = export("test-list", ExportRequest(model, anatomy, Plan([LayerPlan(0), LayerPlan(2)])), tmp_path / "out")
     assert (out / "layers.txt").read_text() == "0 2"
@@ -125,7 +110,7 @@ def test_hook_amoeba_register_exporters(register, tiny, tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
-def test_hook_amoeba_register_architectures(register):
+def test_hook_amoeba_register_architectures(register_plugin):
     class ToyAdapter(ArchitectureAdapter):
         name = "toy"
         model_types = ("toy",)
@@ -144,12 +129,12 @@ def test_hook_amoeba_register_architectures(register):
         def amoeba_register_architectures(self, register):
             register(ToyAdapter())
 
-    register(P(), "test-architectures")
+    register_plugin(P(), "test-architectures")
     assert isinstance(get_adapter(toy), ToyAdapter)
     assert anatomy_of(toy).family == "toy"
 
 
-def test_hook_amoeba_register_evaluators(register):
+def test_hook_amoeba_register_evaluators(register_plugin):
     class Constant(_optional("amoeba_plugin.eval", "Evaluator")):
         name = "test-constant"
         description = "always 1"
@@ -162,12 +147,12 @@ def test_hook_amoeba_register_evaluators(register):
         def amoeba_register_evaluators(self, register):
             register(Constant())
 
-    register(P(), "test-evaluators")
+    register_plugin(P(), "test-evaluators")
     assert plugins.get("evaluators", "test-constant")(None) == 1.0
     assert plugins.owner("evaluators", "test-constant") == "test-evaluators"
 
 
-def test_hook_amoeba_register_datasets(register):
+def test_hook_amoeba_register_datasets(register_plugin):
     class Lines(_optional("amoeba_plugin.data", "TextSource")):
         name = "test-lines"
         description = "three lines"
@@ -180,12 +165,12 @@ def test_hook_amoeba_register_datasets(register):
         def amoeba_register_datasets(self, register):
             register(Lines())
 
-    register(P(), "test-datasets")
+    register_plugin(P(), "test-datasets")
     assert plugins.get("datasets", "test-lines").texts() == ["one", "two", "three"]
     assert plugins.owner("datasets", "test-lines") == "test-datasets"
 
 
-def test_hook_amoeba_register_commands(register):
+def test_hook_amoeba_register_commands(register_plugin):
     try:
         from amoeba_plugin.cli.main import cli
     except ImportError:
@@ -202,7 +187,7 @@ def test_hook_amoeba_register_commands(register):
                 """Say hello (added by a plugin)."""
                 click.echo(f"hello {who} from a plugin")
 
-    register(P(), "test-commands")
+    register_plugin(P(), "test-commands")
     try:
         result = CliRunner().invoke(cli, ["test-hello", "amoeba"])
         assert result.exit_code == 0, result.output
@@ -214,7 +199,7 @@ def test_hook_amoeba_register_commands(register):
 
 
 # ---------------------------------------------------------------------------------------- lifecycle
-def test_hook_amoeba_on_plan(register, tiny):
+def test_hook_amoeba_on_plan(register_plugin, tiny):
     try:
         from amoeba_plugin.api import AmoebaPruner, PruningConfig
     except ImportError:
@@ -229,7 +214,7 @@ def test_hook_amoeba_on_plan(register, tiny):
             seen.append((plan, context))
             plan.provenance["observed_by"] = "test-on-plan"  # plugins may amend the plan in place
 
-    register(Observer(), "test-on-plan")
+    register_plugin(Observer(), "test-on-plan")
     model, _ = tiny
     out = AmoebaPruner.from_pretrained(model).prune(
         PruningConfig(method="uniform-magnitude", budget="0.7", calibration=None, evaluation=None))
@@ -241,7 +226,7 @@ def test_hook_amoeba_on_plan(register, tiny):
     assert context["anatomy"].num_layers == 4
 
 
-def test_hook_amoeba_on_progress(register):
+def test_hook_amoeba_on_progress(register_plugin):
     from amoeba_plugin.progress import ProgressEvent, progress
 
     events = []
@@ -251,7 +236,7 @@ def test_hook_amoeba_on_progress(register):
         def amoeba_on_progress(self, event):
             events.append(event)
 
-    register(Listener(), "test-on-progress")
+    register_plugin(Listener(), "test-on-progress")
     assert list(progress(range(5), stage="test-stage")) == [0, 1, 2, 3, 4]
     mine = [e for e in events if e.stage == "test-stage"]
     assert all(isinstance(e, ProgressEvent) for e in mine)
@@ -260,7 +245,7 @@ def test_hook_amoeba_on_progress(register):
     assert [e.step for e in mine] == sorted(e.step for e in mine)
 
 
-def test_hook_amoeba_on_export(register, tiny, tmp_path):
+def test_hook_amoeba_on_export(register_plugin, tiny, tmp_path):
     calls = []
 
     class Watcher:
@@ -272,7 +257,7 @@ def test_hook_amoeba_on_export(register, tiny, tmp_path):
         def amoeba_register_exporters(self, register):
             register(_ListExporter())
 
-    register(Watcher(), "test-on-export")
+    register_plugin(Watcher(), "test-on-export")
     model, anatomy = tiny
     plan = Plan([LayerPlan(1), LayerPlan(3)])
     dest = export("test-list", ExportRequest(model, anatomy, plan), tmp_path / "mine")
@@ -285,7 +270,7 @@ def test_hook_amoeba_on_export(register, tiny, tmp_path):
     assert Plan.load(dest).to_dict()["layers"] == plan.to_dict()["layers"]
 
 
-def test_hook_amoeba_select_evaluator(register):
+def test_hook_amoeba_select_evaluator(register_plugin):
     chosen = types.SimpleNamespace(name="test-chosen")
 
     class Passes:
@@ -298,14 +283,14 @@ def test_hook_amoeba_select_evaluator(register):
         def amoeba_select_evaluator(self, method, context):
             return chosen if method == "needs-an-evaluator" else None
 
-    register(Chooses(), "test-chooses")
-    register(Passes(), "test-passes")  # called first (pluggy calls the last registered first) and passes
+    register_plugin(Chooses(), "test-chooses")
+    register_plugin(Passes(), "test-passes")  # called first (pluggy calls the last registered first) and passes
     hook = plugins.hook()
     assert hook.amoeba_select_evaluator(method="needs-an-evaluator", context={}) is chosen
     assert hook.amoeba_select_evaluator(method="another", context={}) is None
 
 
-def test_hook_amoeba_load_model(register):
+def test_hook_amoeba_load_model(register_plugin):
     pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance
 
@@ -330,8 +315,8 @@ def test_hook_amoeba_load_model(register):
 
     with pytest.raises(AmoebaError, match="no plugin can load bundle 'test-bundle:tiny'"):
         AmoebaLM(bundle="test-bundle:tiny", device="cpu")
-    register(Bundles(), "test-load-model")
-    register(Passes(), "test-load-model-passes")  # called first, passes
+    register_plugin(Bundles(), "test-load-model")
+    register_plugin(Passes(), "test-load-model-passes")  # called first, passes
     lm = AmoebaLM(bundle="test-bundle:tiny", shape="small", device="cpu", batch_size=2)
     assert calls == [("test-bundle:tiny", {"shape": "small", "dtype": None, "device": "cpu"})]
     info = lm.get_model_info()

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny
 
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.calibration import collect_statistics
@@ -13,6 +12,7 @@ from amoeba_plugin.metrics import UNITS
 from amoeba_plugin.metrics.loss import lm_loss
 from amoeba_plugin.plan import Plan
 from amoeba_plugin.plugins import get, registry
+from amoeba_plugin.testing import make_tiny
 
 BUILTIN = ("magnitude", "wanda-sp", "fluctuation", "taylor", "obs", "block-influence", "removal-loss", "random")
 

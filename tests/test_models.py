@@ -4,7 +4,7 @@ import pytest
 from amoeba_plugin import models
 from amoeba_plugin.errors import CorruptFileError, ModelNotFoundError
 from amoeba_plugin.models import EMBEDDED, EMBEDDED_DIR, load_model, resolve_model_path
-from conftest import make_tiny
+from amoeba_plugin.testing import make_tiny
 from test_data import make_tokenizer
 
 

@@ -75,16 +75,6 @@ def test_argparse_forwards_options_to_click(capsys):
     assert '"uniform-magnitude"' in capsys.readouterr().out
 
 
-def test_run_reaches_plugin_commands(capsys):
-    root = _root_with_amoeba()
-    args = root.parser.parse_args(["amoeba", "run", "amoeballm", "select", "--help"])
-    with pytest.raises(SystemExit) as exit_:
-        args.func(args).run()
-    assert exit_.value.code in (0, None)
-    out = capsys.readouterr().out
-    assert "optimum-cli amoeba run amoeballm select" in out and "--min-layers" in out
-
-
 def test_argparse_forwards_help_and_errors(capsys):
     root = _root_with_amoeba()
     args = root.parser.parse_args(["amoeba", "prune", "--help"])

@@ -7,7 +7,7 @@ from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.errors import PlanError
 from amoeba_plugin.plan import LayerPlan, Plan
 from amoeba_plugin.surgery import slice_model
-from conftest import FAMILIES, make_tiny
+from amoeba_plugin.testing import FAMILIES, make_tiny
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from amoeba_plugin.errors import UnknownNameError
 from amoeba_plugin.hookspecs import hookimpl
 from amoeba_plugin.methods import Method
 from amoeba_plugin.metrics import Metric
+from amoeba_plugin.testing import registered_plugin
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_VARS = (plugins.ENV_BLOCK, plugins.ENV_LOAD)
@@ -282,23 +283,9 @@ class _GoodPlugin:
         register(_FreshMethod())
 
 
-@pytest.fixture
-def clean_plugins():
-    """Register in-process plugins inside a test; anything left registered is removed afterwards."""
-    names = []
-
-    def register(obj, name):
-        names.append(name)
-        plugins.register_plugin(obj, name)
-    yield register
-    for name in names:
-        if plugins.get_plugin_manager().has_plugin(name):
-            plugins.unregister_plugin(name)
-
-
-def test_register_unregister_round_trip(clean_plugins):
+def test_register_unregister_round_trip(register_plugin):
     before = {kind: set(plugins.registry(kind)) for kind in plugins.KINDS}
-    clean_plugins(_GoodPlugin(), "test-good")
+    register_plugin(_GoodPlugin(), "test-good")
     assert plugins.owner("metrics", "in-process-metric") == "test-good"
     assert isinstance(plugins.get("methods", "in-process-method"), _FreshMethod)
     rec = next(r for r in plugins.plugin_records() if r.name == "test-good")
@@ -314,12 +301,12 @@ def test_register_unregister_round_trip(clean_plugins):
     assert "uniform-magnitude" in str(err.value) or "available" in str(err.value)
 
 
-def test_duplicate_name_is_refused(clean_plugins):
+def test_duplicate_name_is_refused(register_plugin):
     builtin = plugins.get("metrics", "magnitude")
     assert plugins.owner("metrics", "magnitude") == "amoeba_plugin.builtin.metrics"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clean_plugins(_ClashPlugin(), "test-clash")
+        register_plugin(_ClashPlugin(), "test-clash")
     messages = [str(w.message) for w in caught if "clashes" in str(w.message)]
     assert messages, [str(w.message) for w in caught]
     assert "test-clash" in messages[0] and "amoeba_plugin.builtin.metrics" in messages[0]
@@ -331,14 +318,11 @@ def test_duplicate_name_is_refused(clean_plugins):
     assert rec.registered == {"metrics": ["in-process-metric"]}  # what it registered before the clash
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plugins.register_plugin(object(), "test-clash-neighbour")  # re-collects every registry
-        try:
+        with registered_plugin(object(), "test-clash-neighbour"):  # re-collects every registry
             assert rec.error.count("clashes") == 1
-        finally:
-            plugins.unregister_plugin("test-clash-neighbour")
 
 
-def test_registering_without_a_name_is_refused(clean_plugins):
+def test_registering_without_a_name_is_refused(register_plugin):
     class Nameless:
         @hookimpl
         def amoeba_register_metrics(self, register):
@@ -346,7 +330,7 @@ def test_registering_without_a_name_is_refused(clean_plugins):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clean_plugins(Nameless(), "test-nameless")
+        register_plugin(Nameless(), "test-nameless")
     assert any("without a string .name" in str(w.message) for w in caught)
     assert "" not in plugins.registry("metrics")
 

@@ -1,13 +1,13 @@
 """Reformation: exact least squares and ADMM agree, lower the output error, and fold into slicing."""
 import pytest
 import torch
-from conftest import make_tiny
 
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.errors import AmoebaError
 from amoeba_plugin.plan import LayerPlan, Plan, source_info
 from amoeba_plugin.pruning.reformation import output_error, reform_columns, reformation_patch
 from amoeba_plugin.surgery import apply_soft, slice_model
+from amoeba_plugin.testing import assert_soft_equals_sliced, make_tiny
 
 
 def _problem(seed=0, n=512, d=64, out=32):
@@ -105,10 +105,6 @@ def test_sequential_inputs_follow_the_subnet():
     dense = reformation_patch(model, anatomy, plan, windows, inputs="dense")
     last = f"{anatomy.layer(3).modules['down']}.weight"
     assert not torch.allclose(seq[last], dense[last], atol=1e-4)  # layer 3 saw the pruned subnet's states
-    with torch.no_grad(), apply_soft(model, anatomy, plan, patch=seq):
-        masked = model(input_ids=windows[:2]).logits
-    with torch.no_grad():
-        torch.testing.assert_close(slice_model(model, anatomy, plan, patch=seq)(input_ids=windows[:2]).logits,
-                                   masked, atol=1e-5, rtol=0)
+    assert_soft_equals_sliced(model, anatomy, plan, windows[:2], patch=seq)
     with pytest.raises(AmoebaError, match="inputs"):
         reformation_patch(model, anatomy, plan, windows, inputs="random")

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny
 
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.errors import AmoebaError
@@ -11,6 +10,7 @@ from amoeba_plugin.eval import Evaluator, PerplexityEvaluator
 from amoeba_plugin.eval.scorers import EvaluatorScorer, LossScorer, PerplexityScorer, build_scorer, check_spec
 from amoeba_plugin.plan import LayerPlan, Plan
 from amoeba_plugin.surgery import apply_soft
+from amoeba_plugin.testing import make_tiny
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import amoeba_plugin  # noqa: F401  (registers the `amoeba` architecture with th
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.plan import LayerPlan, Plan
 from amoeba_plugin.surgery import apply_soft, slice_model
-from conftest import FAMILIES, make_tiny
+from amoeba_plugin.testing import FAMILIES, assert_soft_equals_sliced, make_tiny
 
 # tiny models: 4 layers, hidden 64, 8 query heads in 2 KV groups (4 per group), head_dim 8, MLP 96
 HIDDEN = sorted(list(range(0, 64, 2)) + [1, 3, 61])
@@ -154,11 +154,7 @@ def test_tied_embeddings(ids):
     anatomy = anatomy_of(model)
     assert anatomy.tied_embeddings
     plan = PLANS["mix"]()
-    with torch.no_grad():
-        with apply_soft(model, anatomy, plan):
-            masked = model(ids).logits
-        sliced = slice_model(model, anatomy, plan)
-        torch.testing.assert_close(sliced(ids).logits, masked, atol=1e-5, rtol=0)
+    sliced = assert_soft_equals_sliced(model, anatomy, plan, ids)
     assert sliced.lm_head.weight.data_ptr() == sliced.model.embed_tokens.weight.data_ptr()
     assert plan.num_parameters(anatomy) == sum(p.numel() for p in sliced.parameters())
 
@@ -170,11 +166,7 @@ def test_reslicing_an_amoeba_model(models, ids):
     a2 = anatomy_of(first)
     assert a2.model_type == "amoeba" and a2.layer(0).head_channels == (0, 2, 4, 6)
     plan = Plan([LayerPlan(0, kv_groups=[1]), LayerPlan(1, mlp_channels=list(range(50))), LayerPlan(3)])
-    with torch.no_grad():
-        with apply_soft(first, a2, plan):
-            masked = first(ids).logits
-        second = slice_model(first, a2, plan)
-        torch.testing.assert_close(second(ids).logits, masked, atol=1e-5, rtol=0)
+    assert_soft_equals_sliced(first, a2, plan, ids)
 
 
 def test_group_channels_pack_rows_and_reslice(models, ids):
@@ -192,11 +184,7 @@ def test_group_channels_pack_rows_and_reslice(models, ids):
     assert Plan.full(a2).num_parameters(a2) == sum(p.numel() for p in first.parameters())
     again = Plan([LayerPlan(0, kv_groups=[1], query_heads=[[1, 3]], mlp_channels=list(range(40))),
                   LayerPlan(2), LayerPlan(3)])
-    with torch.no_grad():
-        with apply_soft(first, a2, again):
-            masked = first(ids).logits
-        second = slice_model(first, a2, again)
-        torch.testing.assert_close(second(ids).logits, masked, atol=1e-5, rtol=0)
+    second = assert_soft_equals_sliced(first, a2, again, ids)
     assert second.config.layer_specs[0]["head_channels"] == [1, 2, 5, 6]
     assert second.config.layer_specs[1]["head_channels"] == [[0, 1, 2, 4, 5, 6], [3, 7]]
 

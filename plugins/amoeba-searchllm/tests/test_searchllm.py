@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny
 
 import amoeba_plugin  # noqa: F401
 from amoeba_plugin.anatomy import anatomy_of
@@ -15,7 +14,8 @@ from amoeba_plugin.errors import AmoebaError, InvalidBudgetError
 from amoeba_plugin.eval.scorers import LossScorer
 from amoeba_plugin.methods import PruningContext
 from amoeba_plugin.plugins import get
-from amoeba_plugin.surgery import apply_soft, slice_model
+from amoeba_plugin.surgery import slice_model
+from amoeba_plugin.testing import assert_soft_equals_sliced, make_tiny, save_tiny
 from amoeba_searchllm.genome import Candidate
 from amoeba_searchllm.init import initial_candidate, uniform_ratio, unit_saliency
 from amoeba_searchllm.operators import Rates, Variation, mutate_mask
@@ -138,12 +138,7 @@ def test_searched_subnets_slice_exactly_and_export(tiny, windows, tmp_path):
     space = _space(anatomy)
     ids = windows[:2]
     for c in _random_candidates(space, 3, seed=7):
-        plan = c.to_plan(anatomy)
-        with torch.no_grad():
-            with apply_soft(model, anatomy, plan):
-                masked = model(input_ids=ids).logits
-            sliced = slice_model(model, anatomy, plan)
-            torch.testing.assert_close(sliced(input_ids=ids).logits, masked, atol=1e-5, rtol=0)
+        sliced = assert_soft_equals_sliced(model, anatomy, c.to_plan(anatomy), ids)
     sliced.save_pretrained(tmp_path)
     with torch.no_grad():
         assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path)(input_ids=ids).logits,
@@ -266,11 +261,7 @@ def test_the_method_end_to_end(tiny, windows):
     errors = info["reformation"]["output_error"]
     assert errors and all(e["reformed"] <= e["dropped"] for e in errors.values())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the shared model is untouched
-    with torch.no_grad(), apply_soft(model, anatomy, plan, result.patch):
-        masked = model(input_ids=windows[:2]).logits
-    with torch.no_grad():
-        sliced = slice_model(model, anatomy, plan, patch=result.patch)(input_ids=windows[:2]).logits
-    torch.testing.assert_close(sliced, masked, atol=1e-5, rtol=0)
+    assert_soft_equals_sliced(model, anatomy, plan, windows[:2], patch=result.patch)
     sliced_eval = method.prune(_context(model, anatomy, windows, tolerance=0.1, evaluation="sliced",
                                         reformation="none"))
     assert sliced_eval.plan.to_dict()["layers"] == result.plan.to_dict()["layers"]  # same search, same subnet
@@ -280,7 +271,7 @@ def test_the_method_end_to_end(tiny, windows):
 def test_an_evaluator_from_the_hook_is_the_fitness(tiny, windows):
     from amoeba_plugin import hookimpl
     from amoeba_plugin.eval import Evaluator
-    from amoeba_plugin.plugins import register_plugin, unregister_plugin
+    from amoeba_plugin.testing import registered_plugin
 
     class Depth(Evaluator):
         """Prefers deeper subnets: enough to see that the hook's evaluator drives the search."""
@@ -297,12 +288,9 @@ def test_an_evaluator_from_the_hook_is_the_fitness(tiny, windows):
             return Depth() if method == "searchllm" else None
 
     model, anatomy = tiny
-    register_plugin(Plugin(), "test-search-fitness")
-    try:
+    with registered_plugin(Plugin(), "test-search-fitness"):
         result = get("methods", "searchllm").prune(_context(model, anatomy, windows, tolerance=0.2,
                                                             reformation="none", evaluation="sliced"))
-    finally:
-        unregister_plugin("test-search-fitness")
     assert result.info["fitness"]["name"] == "depth-evaluator" and result.info["fitness"]["higher_is_better"]
 
 
@@ -329,7 +317,6 @@ def test_bad_options_fail_before_the_model_loads():
 
 def test_the_command_runs_exports_and_refuses_bad_settings_before_loading(tmp_path):
     from click.testing import CliRunner
-    from test_cli import save_tiny
     from transformers import AutoModelForCausalLM
 
     from amoeba_plugin.cli.main import cli

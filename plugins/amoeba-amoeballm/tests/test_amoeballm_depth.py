@@ -18,12 +18,12 @@ from amoeba_amoeballm.scorers import (
     layer_plan,
     stratified_indices,
 )
-from conftest import make_tiny
 
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.errors import AmoebaError
 from amoeba_plugin.metrics.loss import lm_loss
 from amoeba_plugin.surgery import slice_model
+from amoeba_plugin.testing import make_tiny
 
 
 @pytest.fixture(autouse=True, scope="module")

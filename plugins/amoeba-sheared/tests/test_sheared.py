@@ -29,7 +29,6 @@ from amoeba_sheared.target import (
 )
 from amoeba_sheared.trainer import CHECKPOINT, read_log
 from click.testing import CliRunner
-from conftest import FAMILIES, make_tiny
 from safetensors.torch import load_file
 
 from amoeba_plugin.anatomy import anatomy_of
@@ -37,6 +36,7 @@ from amoeba_plugin.budget import Budget
 from amoeba_plugin.errors import AmoebaError, DataError, InvalidBudgetError
 from amoeba_plugin.plan import Plan
 from amoeba_plugin.surgery import slice_model
+from amoeba_plugin.testing import FAMILIES, make_tiny
 
 EMBEDDED = "amoeba-tiny-sotu"
 TARGET = "shape=layers:6,heads:4,kv_heads:2,intermediate:384,hidden:192"

@@ -3,10 +3,10 @@ import copy
 
 import pytest
 import torch
-from conftest import make_tiny
 
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.testing import make_tiny
 
 smol = pytest.importorskip("amoeba_amoeballm.smol")
 SMoLAdapter, SMoLConfig, ShapeRouter = smol.SMoLAdapter, smol.SMoLConfig, smol.ShapeRouter

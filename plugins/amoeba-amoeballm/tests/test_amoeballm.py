@@ -25,7 +25,6 @@ from amoeba_amoeballm.train import (
 )
 from amoeba_amoeballm.width import is_nested, linear_parameters, select_widths
 from click.testing import CliRunner
-from conftest import make_tiny
 
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.api import get_calibration_dataset
@@ -33,6 +32,7 @@ from amoeba_plugin.budget import Budget
 from amoeba_plugin.errors import AmoebaError, InvalidBudgetError
 from amoeba_plugin.models import load_model
 from amoeba_plugin.plan import Plan
+from amoeba_plugin.testing import make_tiny
 
 EMBEDDED = "amoeba-tiny-sotu"
 WIDTHS = (1.0, 0.75, 0.5)
