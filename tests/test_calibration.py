@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_tiny
+from amoeba_plugin.testing import make_tiny
 
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.calibration import layer_pass

@@ -1,7 +1,7 @@
 """Exporters: stock and amoeba exports reload with the masked model's logits, refusals leave nothing
 behind, writes are atomic, and every export carries plan.json, a model card and amoeba_export.json.
 
-Tiny models (conftest): 4 layers, hidden 64, 8 query heads in 2 KV groups (4 per group), head_dim 8,
+Tiny models (amoeba_plugin.testing): 4 layers, hidden 64, 8 query heads in 2 KV groups (4 per group), head_dim 8,
 MLP 96.
 """
 import json
