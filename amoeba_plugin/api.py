@@ -16,10 +16,11 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from .budget import Budget
 from .errors import AmoebaError, DataError
+from .pipeline import RunData
 
 CONFIG_NAME = "pruning_config.json"
 
@@ -182,12 +183,21 @@ def export_with_config(exporter_name: str, request, destination, overwrite: bool
                   extra=config.save_pretrained if config is not None else None)
 
 
+class Preflight(NamedTuple):
+    """What :func:`preflight` checked: the method, the parsed budget and the run's resolved text."""
+
+    method: Any
+    budget: Budget
+    data: RunData
+
+
 def preflight(config: PruningConfig, save_directory=None, overwrite: bool = False, evaluate: bool = False,
-              has_tokenizer: bool = True):
-    """Every check of a prune run that needs neither the model nor heavy work; returns (method, budget).
+              has_tokenizer: bool = True) -> Preflight:
+    """Every check of a prune run that needs neither the model nor heavy work; returns a :class:`Preflight`.
 
     Checks the budget, the method name, the budget kinds and options it accepts, that the calibration and
-    evaluation sources resolve, the exporter name and that the output directory may be written.
+    evaluation sources resolve (each once: the resolved specs travel on in ``Preflight.data``), the
+    exporter name and that the output directory may be written.
     """
     from .plugins import get
 
@@ -199,29 +209,33 @@ def preflight(config: PruningConfig, save_directory=None, overwrite: bool = Fals
     if needs_data and config.calibration is None:
         raise DataError(f"method '{method.name}' needs calibration data and calibration is off",
                         "pass a calibration source, e.g. --calibration sotu:train")
-    sources = []
-    if config.calibration is not None and needs_data:
-        sources.append(config.calibration)
-    if evaluate and config.evaluation is not None:
-        sources.append(config.evaluation)
-    if sources and not has_tokenizer:
+    evaluation = config.evaluation if evaluate else None
+    if not has_tokenizer and ((config.calibration is not None and needs_data) or evaluation is not None):
         raise DataError("calibration/evaluation text needs a tokenizer and this model has none",
                         "pass tokenizer= to AmoebaPruner.from_pretrained, or turn calibration/evaluation off")
-    if config.calibration is not None and not needs_data:
-        sources.append(config.calibration)  # still checked: a typo should not pass silently
-    if sources:
-        from .data import check_disjoint, resolve_source
+    # a calibration source is resolved even for a method that needs none: a typo should not pass silently
+    data = run_data(config, evaluation)
+    if needs_data:
+        from .data import check_disjoint
 
-        for spec in sources:
-            resolve_source(spec)
-        if evaluate and needs_data:
-            check_disjoint(config.calibration, config.evaluation, config.allow_calibration_overlap)
+        check_disjoint(data.calibration, data.evaluation, config.allow_calibration_overlap)
     if save_directory is not None:
         from .export import check_destination
 
         get("exporters", config.exporter)
         check_destination(save_directory, overwrite)
-    return method, budget
+    return Preflight(method, budget, data)
+
+
+def run_data(config: PruningConfig, evaluation: str | None = None) -> RunData:
+    """The :class:`RunData` of ``config``: its calibration spec and ``evaluation`` resolved once."""
+    from .data import TextSpec
+
+    return RunData(calibration=TextSpec.resolve(config.calibration, "calibration"),
+                   calibration_samples=config.calibration_samples, calibration_seq_len=config.calibration_seq_len,
+                   seed=config.seed, evaluation=TextSpec.resolve(evaluation, "evaluation"),
+                   evaluation_windows=config.evaluation_windows, evaluation_seq_len=config.evaluation_seq_len,
+                   allow_calibration_overlap=config.allow_calibration_overlap)
 
 
 class AmoebaPruner:
@@ -266,118 +280,75 @@ class AmoebaPruner:
         return perplexity(model if model is not None else self.model, self.tokenizer, source=source,
                           seq_len=seq_len, max_windows=max_windows)
 
-    @staticmethod
-    def _data_record(config: PruningConfig, calibrated: bool, evaluated: bool) -> dict:
-        """Which text the run calibrated on and which it evaluated on (canonical ``name:split``)."""
-        from .data import canonical_spec
-
-        data = {}
-        if calibrated and config.calibration is not None:
-            data["calibration"] = {"source": canonical_spec(config.calibration, "calibration"),
-                                   "samples": config.calibration_samples, "seq_len": config.calibration_seq_len,
-                                   "seed": config.seed}
-        if evaluated and config.evaluation is not None:
-            data["evaluation"] = {"source": canonical_spec(config.evaluation, "evaluation"),
-                                  "windows": config.evaluation_windows, "seq_len": config.evaluation_seq_len}
-            if config.allow_calibration_overlap:
-                data["evaluation"]["allowed_calibration_overlap"] = True
-        return data
-
     # ------------------------------------------------------------------ pruning
     def prune(self, config: PruningConfig | dict | None = None, save_directory: str | os.PathLike | None = None,
               overwrite: bool = False, evaluate: bool = False) -> PruningOutput:
         """Run ``config.method`` under ``config.budget``; slice; optionally export and evaluate."""
-        import torch
-
-        from .anatomy import anatomy_of
-        from .export import ExportRequest
         from .methods import PruningContext
-        from .plan import Plan
-        from .plugins import hook
-        from .progress import report
-        from .surgery import slice_model
+        from .pipeline import run_method
 
         if config is None:
             config = PruningConfig()
         elif isinstance(config, dict):
             config = PruningConfig.from_dict(config)
-        method, budget = preflight(config, save_directory, overwrite, evaluate, self.tokenizer is not None)
+        method, budget, data = preflight(config, save_directory, overwrite, evaluate, self.tokenizer is not None)
 
-        ppl_before = None
-        if evaluate and config.evaluation is not None:
-            ppl_before = self.perplexity(source=config.evaluation, seq_len=config.evaluation_seq_len,
-                                         max_windows=config.evaluation_windows)
+        windows = data.cut_evaluation_windows(self.tokenizer) if data.evaluation is not None else None
+        ppl_before = self._perplexity(self.model, windows, data) if windows is not None else None
 
-        cache: dict = {}
-
-        def calibration():
-            if config.calibration is None:
-                raise DataError(f"method '{method.name}' asked for calibration data but calibration is off",
-                                "pass a calibration source, e.g. --calibration sotu:train")
-            if "data" not in cache:
-                report("calibration", 0, 1)
-                cache["data"] = self.get_calibration_dataset(config.calibration, config.calibration_samples,
-                                                             config.calibration_seq_len, config.seed)
-                report("calibration", 1, 1)
-            return cache["data"]
-
-        options = {**getattr(method, "default_options", {}), **config.method_options}
         context = PruningContext(model=self.model, tokenizer=self.tokenizer, anatomy=self.anatomy, budget=budget,
                                  options=dict(config.method_options), seed=config.seed,
-                                 calibration=calibration if config.calibration is not None else None,
-                                 progress=report)
-        torch.manual_seed(config.seed)
-        report("prune", 0, 1, method.name)
-        result = method.prune(context)
-        report("prune", 1, 1, method.name)
-        plan = result.plan
-        if not isinstance(plan, Plan):
-            raise RuntimeError(f"method '{method.name}' returned {type(plan).__name__}, not a Plan")
-        base = result.model if result.model is not None else self.model
-        anatomy = anatomy_of(base) if result.model is not None else self.anatomy
-        plan.provenance.setdefault("method", method.name)
-        plan.provenance.setdefault("budget", str(budget))
-        plan.provenance.setdefault("seed", config.seed)
-        data = self._data_record(config, calibrated=bool(cache), evaluated=evaluate)
-        if config.calibration is not None and cache:
-            plan.provenance.setdefault("calibration", config.calibration)
-        if data:
-            plan.provenance.setdefault("data", data)
-        hook().amoeba_on_plan(plan=plan, context={"method": method.name, "budget": budget, "anatomy": anatomy,
-                                                  "model": base, "config": config, "options": options})
-        plan.validate(anatomy)
-        sliced = slice_model(base, anatomy, plan, patch=result.patch)
-
-        summary = plan.summary(anatomy)
-        full = Plan.full(anatomy)
-        summary.update(method=method.name, budget=str(budget),
-                       fits_budget=budget.fits(plan, anatomy),
-                       parameters_before=full.num_parameters(anatomy),
-                       non_embedding_parameters_before=full.num_parameters(anatomy, embeddings=False),
-                       shape=plan.shape(anatomy))
-        if result.info:
-            summary["method_info"] = result.info
+                                 calibration=data.calibration_provider(self.tokenizer))
+        run = run_method(method, context, data, config=config)
+        sliced = run.slice()
+        summary = self._summary(run, budget)
 
         ppl_after = None
-        if evaluate and config.evaluation is not None:
-            ppl_after = self.perplexity(model=sliced, source=config.evaluation, seq_len=config.evaluation_seq_len,
-                                        max_windows=config.evaluation_windows)
+        if windows is not None:
+            ppl_after = self._perplexity(sliced, windows, data)
             summary.update(perplexity_before=ppl_before, perplexity_after=ppl_after)
 
         export_path = None
         if save_directory is not None:
-            info = {"method": method.name, "budget": str(budget), "calibration": config.calibration if cache else None,
-                    "data": data,
+            info = {"method": method.name, "budget": str(budget), "data": data.record(run.calibrated),
                     "seed": config.seed, "source_model": self.name, "pruning_config": config.to_dict(),
-                    "summary": summary, **({"method_info": result.info} if result.info else {})}
+                    "summary": summary, **({"method_info": run.info} if run.info else {})}
             if ppl_before is not None:
                 info["perplexity"] = {"source": config.evaluation, "before": ppl_before, "after": ppl_after}
-            request = ExportRequest(model=base, anatomy=anatomy, plan=plan, tokenizer=self.tokenizer,
-                                    patch=result.patch, info=info, sliced=sliced)
-            export_path = export_with_config(config.exporter, request, save_directory, overwrite, config)
-        return PruningOutput(model=sliced, plan=plan, summary=summary, config=config,
+            export_path = self._export(run, sliced, info, config, save_directory, overwrite)
+        return PruningOutput(model=sliced, plan=run.plan, summary=summary, config=config,
                              perplexity_before=ppl_before, perplexity_after=ppl_after, export_path=export_path,
-                             patch=result.patch, info=dict(result.info or {}))
+                             patch=run.patch, info=run.info)
+
+    @staticmethod
+    def _perplexity(model, windows, data: RunData) -> float:
+        """Perplexity on the run's evaluation windows (cut once, the same before and after)."""
+        from .eval import PerplexityEvaluator
+
+        return PerplexityEvaluator().evaluate(model, None, source=str(data.evaluation), windows=windows)["perplexity"]
+
+    @staticmethod
+    def _summary(run, budget: Budget) -> dict:
+        """The plan's counts and shape, before and after, for ``PruningOutput.summary`` and the export."""
+        from .plan import Plan
+
+        plan, anatomy = run.plan, run.anatomy
+        summary = plan.summary(anatomy)
+        full = Plan.full(anatomy)
+        summary.update(method=run.method.name, budget=str(budget), fits_budget=budget.fits(plan, anatomy),
+                       parameters_before=full.num_parameters(anatomy),
+                       non_embedding_parameters_before=full.num_parameters(anatomy, embeddings=False),
+                       shape=plan.shape(anatomy))
+        if run.info:
+            summary["method_info"] = run.info
+        return summary
+
+    def _export(self, run, sliced, info: dict, config: PruningConfig, save_directory, overwrite: bool) -> Path:
+        from .export import ExportRequest
+
+        request = ExportRequest(model=run.model, anatomy=run.anatomy, plan=run.plan, tokenizer=self.tokenizer,
+                                patch=run.patch, info=info, sliced=sliced)
+        return export_with_config(config.exporter, request, save_directory, overwrite, config)
 
 
 __all__ = [
@@ -387,5 +358,7 @@ __all__ = [
     "PruningOutput",
     "export_with_config",
     "get_calibration_dataset",
+    "Preflight",
     "preflight",
+    "run_data",
 ]

@@ -12,9 +12,6 @@ from .budget import Budget
 from .errors import AmoebaError, DataError, InvalidBudgetError
 from .plan import Plan
 
-#: what a method may declare in ``capabilities``
-CAPABILITIES = ("depth", "width", "hidden", "calibration", "trains", "changes_weights", "family_of_plans")
-
 
 @dataclass
 class PruningContext:
@@ -28,7 +25,6 @@ class PruningContext:
     seed: int = 0
     #: returns calibration windows (LongTensor [n, seq_len]); only called by methods that need them
     calibration: Callable[[], Any] | None = None
-    progress: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -43,7 +39,11 @@ class PruneResult:
 
 class Method:
     """Base class. Set ``name``, ``description``, ``capabilities``, ``budget_kinds`` and
-    ``default_options``; implement :meth:`prune`."""
+    ``default_options``; implement :meth:`prune`.
+
+    The host runs ``prune`` through :func:`amoeba_plugin.pipeline.run_method`, which seeds torch,
+    calls :meth:`check_budget` first and records method, budget, seed and the calibration text in the
+    plan's provenance afterwards; ``prune`` only decides (and records its own choices)."""
 
     name: str = ""
     description: str = ""

@@ -3,8 +3,8 @@
 The model is loaded once; the calibration windows (seeded) and the evaluation windows of every
 held-out source are cut once, so every method sees exactly the same tokens. The dense model is
 evaluated once (method ``dense``, budget 1.0). Then every method runs at every budget through the
-public method contract (a :class:`~amoeba_plugin.methods.PruningContext` whose ``calibration``
-returns the preloaded windows), the plan is sliced with ``slice_model`` and the sliced model is
+host's :func:`~amoeba_plugin.pipeline.run_method` (a :class:`~amoeba_plugin.methods.PruningContext`
+whose ``calibration`` returns the preloaded windows), the plan is sliced and the sliced model is
 evaluated on every held-out source (and, optionally, lm-eval tasks through the evaluator registered
 as ``lm-eval``). Per run it records parameters, MACs, prune wall time, peak RSS during the prune,
 whether the plan fits the budget, and whether the method left the shared model untouched.
@@ -38,20 +38,14 @@ import amoeba_plugin  # noqa: F401  (registers the amoeba architecture for heter
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.api import PruningConfig, preflight
 from amoeba_plugin.budget import Budget
-from amoeba_plugin.data import (
-    calibration_windows,
-    check_disjoint,
-    eval_windows,
-    resolve_source,
-)
+from amoeba_plugin.data import TextSpec, check_disjoint, eval_windows, resolve_source
 from amoeba_plugin.errors import AmoebaError, UnknownNameError
 from amoeba_plugin.eval import PerplexityEvaluator
-from amoeba_plugin.methods import PruneResult, PruningContext
+from amoeba_plugin.methods import PruningContext
 from amoeba_plugin.models import load_model
 from amoeba_plugin.plan import Plan
-from amoeba_plugin.plugins import get, hook, owner, plugin_records, registry
-from amoeba_plugin.progress import report
-from amoeba_plugin.surgery import slice_model
+from amoeba_plugin.pipeline import RunData, run_method
+from amoeba_plugin.plugins import get, owner, plugin_records, registry
 from benchmarks.harness import (
     PeakRSS,
     hook_count,
@@ -139,6 +133,8 @@ class Harness:
         self.log = log
         self.model = self.tokenizer = self.anatomy = None
         self.calibration = None
+        #: the calibration text, resolved once: cuts the windows and is the plans' ``data`` record
+        self.run_data: RunData | None = None
         self.windows: dict[str, torch.Tensor] = {}
         self.checksum = ""
         self.hooks = 0
@@ -218,67 +214,53 @@ class Harness:
 
         context = PruningContext(model=self.model, tokenizer=self.tokenizer, anatomy=self.anatomy, budget=budget,
                                  options=dict(options), seed=self.args.seed,
-                                 calibration=provide_calibration if calibration is not None else None,
-                                 progress=report)
-        error = result = sliced = None
-        gc.collect()
-        torch.manual_seed(self.args.seed)
+                                 calibration=provide_calibration if calibration is not None else None)
         rss = PeakRSS()
+
+        @contextmanager
+        def measured():
+            """Wall time and peak RSS of the method's prune() alone (recorded even when it raises)."""
+            try:
+                with rss:
+                    start = time.perf_counter()
+                    try:
+                        yield
+                    finally:
+                        row["prune_seconds"] = round(time.perf_counter() - start, 3)
+            finally:
+                row.update(rss.as_dict())
+
+        def unchanged(result) -> None:
+            """Between the prune and the plan's checks: the shared model must come back as it went in."""
+            row["stage"] = "mutation check"
+            message = self._check_model(method, row)
+            if message:
+                raise ModelMutatedError(message)
+            row["stage"] = "plan"
+
+        error = run = sliced = None
+        gc.collect()
         row["stage"] = "prune"
         try:
-            with rss:
-                start = time.perf_counter()
-                try:
-                    result = method.prune(context)
-                finally:
-                    row["prune_seconds"] = round(time.perf_counter() - start, 3)
+            run = run_method(method, context, self.run_data, config=config, around_prune=measured, after_prune=unchanged)
         except Exception as exc:  # noqa: BLE001 - recorded in the row; the other runs go on
-            error = _error("prune", exc)
-        row.update(rss.as_dict())
-
-        # the shared model must come back as it went in
-        problems = []
-        if state_checksum(self.model) != self.checksum:
-            problems.append("changed the weights of the shared model")
-        if hook_count(self.model) != self.hooks:
-            problems.append(f"left {hook_count(self.model) - self.hooks} forward hook(s) on the shared model")
-        row["model_unchanged"] = not problems
-        if problems:
-            message = (f"method '{method.name}' {' and '.join(problems)} (return a patch or a new model "
-                       "instead); the model was reloaded")
-            if error is None:
-                error = _error("mutation check", ModelMutatedError(message))
-            else:
-                error["message"] += f" [also: {message}]"
-            self.reload()
-            result = None
-        self.model.eval()
+            error = _error(row["stage"], exc)
+            if "model_unchanged" not in row:  # the prune itself failed: still check (and restore) the model
+                message = self._check_model(method, row)
+                if message:
+                    error["message"] += f" [also: {message}]"
 
         if error is None:
             try:
                 row["stage"] = "plan"
-                if not isinstance(result, PruneResult) or not isinstance(result.plan, Plan):
-                    raise TypeError(f"method '{method.name}' returned {type(result).__name__}, "
-                                    "not a PruneResult with a Plan")
-                plan = result.plan
-                base = result.model if result.model is not None else self.model
-                anatomy = anatomy_of(base) if result.model is not None else self.anatomy
-                plan.provenance.setdefault("method", method.name)
-                plan.provenance.setdefault("budget", key_budget)
-                plan.provenance.setdefault("seed", self.args.seed)
-                if calibration is not None:
-                    plan.provenance.setdefault("calibration", self.args.calibration)
-                hook().amoeba_on_plan(plan=plan, context={"method": method.name, "budget": budget,
-                                                          "anatomy": anatomy, "model": base, "config": config,
-                                                          "options": {**method.default_options, **options}})
-                plan.validate(anatomy)
+                plan, anatomy = run.plan, run.anatomy
                 row["fits_budget"] = bool(budget.fits(plan, anatomy))
                 summary = plan.summary(anatomy)
                 row.update(layers=summary["layers"], uniform=summary["uniform"],
                            macs_per_token=summary["macs_per_token"],
                            macs_ratio=round(summary["macs_per_token"] / dense["macs_per_token"], 4))
-                if result.info:
-                    row["method_info"] = _jsonable(result.info)
+                if run.info:
+                    row["method_info"] = _jsonable(run.info)
                 plans = self.args.out / "plans"
                 plans.mkdir(exist_ok=True)
                 plan_file = plans / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{row['label']}@{key_budget}") + ".json")
@@ -287,7 +269,7 @@ class Harness:
 
                 row["stage"] = "slice"
                 start = time.perf_counter()
-                sliced = slice_model(base, anatomy, plan, patch=result.patch)
+                sliced = run.slice()
                 row["slice_seconds"] = round(time.perf_counter() - start, 3)
                 total, nonembed = parameter_counts(sliced)
                 row.update(parameters=total, non_embedding_parameters=nonembed,
@@ -299,10 +281,27 @@ class Harness:
         row.pop("stage", None)
         if error is not None:
             row.update(status="error", error=error)
-        del result, sliced
+        del run, sliced
         gc.collect()
         row["finished"] = _now()
         return row
+
+    def _check_model(self, method, row: dict) -> str | None:
+        """Whether ``method`` left the shared model as it found it (weights and hooks); records
+        ``model_unchanged`` and, when it did not, reloads the model and returns what it changed."""
+        problems = []
+        if state_checksum(self.model) != self.checksum:
+            problems.append("changed the weights of the shared model")
+        if hook_count(self.model) != self.hooks:
+            problems.append(f"left {hook_count(self.model) - self.hooks} forward hook(s) on the shared model")
+        row["model_unchanged"] = not problems
+        message = None
+        if problems:
+            message = (f"method '{method.name}' {' and '.join(problems)} (return a patch or a new model "
+                       "instead); the model was reloaded")
+            self.reload()
+        self.model.eval()
+        return message
 
 
 def _budget_value(budget: Budget, dense: dict) -> float | None:
@@ -498,7 +497,7 @@ def run(args, log) -> int:
                                    calibration_samples=args.calibration_samples,
                                    calibration_seq_len=args.calibration_seq_len, seed=args.seed, evaluation=None,
                                    method_options=options.get(name, {}))
-            method, checked = preflight(config)
+            method, checked, _ = preflight(config)
             unknown = sorted(set(options.get(name, {})) - set(method.default_options))
             if unknown and method.default_options:
                 raise AmoebaError(f"unknown option(s) for '{name}' in --method-options: {', '.join(unknown)}",
@@ -534,9 +533,11 @@ def run(args, log) -> int:
         raise AmoebaError(f"{args.model} has no tokenizer, so there is no text to evaluate on",
                           "pass a model directory that holds its tokenizer")
     start = time.perf_counter()
+    harness.run_data = RunData(calibration=TextSpec.resolve(args.calibration, "calibration"),
+                               calibration_samples=args.calibration_samples,
+                               calibration_seq_len=args.calibration_seq_len, seed=args.seed)
     if args.calibration is not None:
-        harness.calibration = calibration_windows(harness.tokenizer, args.calibration, args.calibration_samples,
-                                                  args.calibration_seq_len, args.seed)
+        harness.calibration = harness.run_data.cut_calibration_windows(harness.tokenizer)
     for spec in eval_sources:
         harness.windows[spec] = eval_windows(harness.tokenizer, spec, args.eval_seq_len, args.eval_windows or None)
     log(f"windows: calibration {tuple(harness.calibration.shape) if harness.calibration is not None else 'none'}, "

@@ -212,6 +212,82 @@ def test_run_records_its_text_and_refuses_to_evaluate_on_calibration_text(tmp_pa
     assert record["evaluation"]["source"] == "brown:test"
     info = json.loads((tmp_path / "out" / "amoeba_export.json").read_text())["info"]
     assert info["data"] == record
+    assert "calibration" not in info and "calibration" not in out.plan.provenance  # recorded once, in data
+    from amoeba_plugin.pipeline import calibration_texts
+
+    assert calibration_texts(plan=out.plan, export=tmp_path / "out") == ["sotu:train", "sotu:train"]
+    assert "- Calibration data: sotu:train" in (tmp_path / "out" / "README.md").read_text()
     allowed = pruner.prune(PruningConfig(method=calibrated_method, budget="0.8", evaluation="sotu:train",
                                          allow_calibration_overlap=True, **data), evaluate=True)
     assert allowed.plan.provenance["data"]["evaluation"]["allowed_calibration_overlap"] is True
+
+
+def test_a_prune_resolves_each_text_spec_once(monkeypatch, tmp_path):
+    """Preflight resolves the calibration and the evaluation spec once each; the windows, the overlap
+    check, the provenance record and the export all reuse those (a resolved TextSpec costs nothing)."""
+    import collections
+
+    import amoeba_plugin.data as data
+
+    resolve = data.resolve_source
+    looked_up = collections.Counter()
+
+    def counting(spec, purpose=None):
+        if not isinstance(spec, data.TextSpec):
+            looked_up[str(spec)] += 1
+        return resolve(spec, purpose)
+
+    monkeypatch.setattr(data, "resolve_source", counting)
+    pruner = AmoebaPruner.from_pretrained("amoeba-tiny-sotu")
+    config = PruningConfig(method="uniform-magnitude", budget="0.8", method_options={"metric": "wanda-sp"},
+                           calibration="sotu:train", calibration_samples=2, calibration_seq_len=32,
+                           evaluation="brown", evaluation_windows=2, evaluation_seq_len=32)
+    out = pruner.prune(config, save_directory=tmp_path / "out", evaluate=True)
+    assert out.plan.provenance["data"]["calibration"]["source"] == "sotu:train"  # it did calibrate
+    assert out.perplexity_before and out.perplexity_after
+    assert looked_up == {"sotu:train": 1, "brown": 1}
+
+
+def test_run_method_does_the_steps_around_a_method(tmp_path):
+    """The host seeds, checks the budget, records method/budget/seed (and the calibration text only
+    when the method asked for it) and refuses a result that is not a PruneResult with a Plan."""
+    from amoeba_plugin.data import TextSpec
+    from amoeba_plugin.methods import Method, PruningContext
+    from amoeba_plugin.pipeline import MethodResultError, RunData, calibration_texts, run_method
+    from amoeba_plugin.plan import Plan
+
+    model = make_tiny("llama")
+    anatomy = anatomy_of(model)
+    uniform = get("methods", "uniform-magnitude")
+    data = RunData(calibration=TextSpec.resolve("sotu:train", "calibration"), calibration_samples=2,
+                   calibration_seq_len=16, seed=5)
+    windows = torch.randint(0, 128, (2, 16))
+
+    def context(budget="0.6", **options):
+        return PruningContext(model=model, tokenizer=None, anatomy=anatomy, budget=Budget.parse(budget),
+                              options=options, seed=5, calibration=lambda: windows)
+
+    run = run_method(uniform, context(), data)
+    assert {k: run.plan.provenance[k] for k in ("method", "budget", "seed")} == \
+        {"method": "uniform-magnitude", "budget": "params=0.6", "seed": 5}
+    assert "data" not in run.plan.provenance and not run.calibrated  # magnitude needs no windows
+    assert run.model is model and run.anatomy is anatomy and run.seconds >= 0
+    assert sum(p.numel() for p in run.slice().parameters()) == run.plan.num_parameters(anatomy)
+
+    run = run_method(uniform, context(metric="wanda-sp"), data)
+    assert run.calibrated and run.plan.provenance["data"] == {
+        "calibration": {"source": "sotu:train", "samples": 2, "seq_len": 16, "seed": 5}}
+    assert calibration_texts(plan=run.plan) == ["sotu:train"]
+
+    with pytest.raises(InvalidBudgetError):
+        run_method(uniform, context("shape=layers:2"), data)
+
+    class Broken(Method):
+        name = "test-broken"
+
+        def prune(self, context):
+            return Plan.full(context.anatomy)  # forgot the PruneResult
+
+    with pytest.raises(MethodResultError, match="test-broken") as err:
+        run_method(Broken(), context(), data)
+    assert isinstance(err.value, TypeError) and isinstance(err.value, AmoebaError)

@@ -366,7 +366,9 @@ def eval_(model, plan_path, source, seq_len, windows, tasks, limit, num_fewshot,
         from ..plan import Plan
 
         plan = Plan.load(plan_path)
-    for calibrated in _calibration_texts(model, plan):
+    from ..pipeline import calibration_texts
+
+    for calibrated in calibration_texts(plan=plan, export=model):
         check_disjoint(calibrated, source, allow_eval_on_calibration)
     loaded, tokenizer = _load(model)
     if tokenizer is None:
@@ -387,27 +389,6 @@ def eval_(model, plan_path, source, seq_len, windows, tasks, limit, num_fewshot,
         click.echo(f"with plan:   {after:.3f}")
         for line in _parameter_lines(anatomy, plan):
             click.echo(line)
-
-
-def _calibration_texts(model: str, plan) -> list[str]:
-    """The calibration sources recorded by an export directory (``amoeba_export.json``) and a plan."""
-    import json
-    from pathlib import Path
-
-    from ..export.writers import EXPORT_INFO
-
-    found = []
-    info_path = Path(model) / EXPORT_INFO
-    if info_path.is_file():
-        try:
-            info = json.loads(info_path.read_text()).get("info", {})
-        except (OSError, ValueError):
-            info = {}
-        found.append(((info.get("data") or {}).get("calibration") or {}).get("source") or info.get("calibration"))
-    if plan is not None:
-        record = plan.provenance.get("data") or {}
-        found.append((record.get("calibration") or {}).get("source") or plan.provenance.get("calibration"))
-    return [f for f in found if isinstance(f, str)]
 
 
 def _eval_tasks(model, plan_path, tasks, limit, num_fewshot, batch_size, seed, include_path, as_json):

@@ -88,6 +88,10 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
     anatomy = request.anatomy
     info = {k: v for k, v in dict(request.info or {}).items()}
     facts = {**dict(plan.provenance or {}), **{k: v for k, v in info.items() if k not in _SKIP}}
+    if "calibration" not in facts and isinstance(facts.get("data"), dict):  # the run's one data record
+        from ..pipeline import recorded_calibration
+
+        facts["calibration"] = recorded_calibration(facts)
     source = info.get("source_model") or plan.source.get("name")
     base = hub_id(source)
     summary = plan.summary(anatomy)

@@ -31,7 +31,6 @@ class UniformWidthMethod(Method):
         from ..plugins import get
 
         anatomy, budget = context.anatomy, context.budget
-        self.check_budget(budget)
         options = self.resolve_options(context)
         metric = get("metrics", options["metric"])
         missing = {"query_head", "mlp_channel"} - set(metric.units)
@@ -44,8 +43,7 @@ class UniformWidthMethod(Method):
         scores = metric.score_units(context.model, anatomy, ("query_head", "mlp_channel"), calibration,
                                     seed=context.seed)
         plan = uniform_plan(anatomy, heads, width, scores["query_head"], scores["mlp_channel"], keep)
-        plan.provenance = {"method": self.name, "budget": str(budget), "metric": metric.name,
-                           "seed": context.seed, "heads_per_group": heads, "intermediate_size": width}
+        plan.provenance = {"metric": metric.name, "heads_per_group": heads, "intermediate_size": width}
         return PruneResult(plan=plan, info={"heads_per_group": heads, "intermediate_size": width,
                                             "metric": metric.name})
 

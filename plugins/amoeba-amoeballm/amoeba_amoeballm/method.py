@@ -27,7 +27,6 @@ class AmoebaLLMMethod(Method):
                        "allocation": "global", "bias_compensation": True}
 
     def prune(self, context):
-        self.check_budget(context.budget)
         options = self.resolve_options(context)
         windows = self.calibration_windows(context)
         config = SelectionConfig(min_layers=options["min_layers"], keep_last=options["keep_last"],
@@ -41,7 +40,6 @@ class AmoebaLLMMethod(Method):
         scores = score_shapes(context.model, context.anatomy, table, windows, shapes=fitting)
         choice = choose_shape(table, context.anatomy, context.budget, scores)
         plan = table.plan(choice.shape, context.anatomy)
-        plan.provenance.update(budget=str(context.budget), seed=context.seed)
         return PruneResult(plan, patch=table.patch(choice.shape, context.anatomy) or None,
                            info={"shape": str(choice.shape), "reason": choice.reason, "selection": report})
 

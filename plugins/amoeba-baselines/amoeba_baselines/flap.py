@@ -34,7 +34,6 @@ class FLAPMethod(Method):
         from amoeba_plugin.errors import AmoebaError
 
         anatomy, budget, model = context.anatomy, context.budget, context.model
-        self.check_budget(budget)
         options = self.resolve_options(context)
         metric = get("metrics", options["metric"])
         if not hasattr(metric, "role_scores"):
@@ -51,8 +50,7 @@ class FLAPMethod(Method):
         bias = bool(options["bias_compensation"])
         plan = global_width(anatomy, budget, groups, channels, self.name, output_bias=bias)
         patch = output_bias_compensation(model, anatomy, plan, stats) if bias else None
-        plan.provenance = {"method": self.name, "budget": str(budget), "metric": metric.name, "seed": context.seed,
-                           "bias_compensation": bias}
+        plan.provenance = {"metric": metric.name, "bias_compensation": bias}
         shape = plan.shape(anatomy)
         return PruneResult(plan, patch=patch, info={
             "metric": metric.name, "bias_compensation": bias,

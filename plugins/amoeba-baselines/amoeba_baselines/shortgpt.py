@@ -19,7 +19,6 @@ class ShortGPTMethod(Method):
 
     def prune(self, context):
         anatomy, budget = context.anatomy, context.budget
-        self.check_budget(budget)
         options = self.resolve_options(context)
         metric = get("metrics", options.pop("metric"))
         metric.check_unit("layer")
@@ -38,7 +37,6 @@ class ShortGPTMethod(Method):
         if not plan.layers or not bound.fits(plan):
             raise unreachable(budget, anatomy, Plan(full.layers[:1], full.source), self.name,
                               "keeping a single decoder layer")
-        plan.provenance = {"method": self.name, "budget": str(budget), "metric": metric.name,
-                           "seed": context.seed, "dropped_layers": sorted(dropped)}
+        plan.provenance = {"metric": metric.name, "dropped_layers": sorted(dropped)}
         return PruneResult(plan, info={"dropped_layers": sorted(dropped), "metric": metric.name,
                                        "layer_scores": [round(float(s), 6) for s in scores]})

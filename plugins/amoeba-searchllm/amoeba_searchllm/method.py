@@ -84,7 +84,6 @@ class SearchLLMMethod(Method):
                                         tolerance=options["tolerance"], seed=options["seed"] or 0)
 
     def prune(self, context) -> PruneResult:
-        self.check_budget(context.budget)
         options = self.resolve_options(context)
         if options["seed"] is None:
             options["seed"] = context.seed
@@ -130,7 +129,7 @@ class SearchLLMMethod(Method):
             result = SearchResult(best=initial, fitness=fitness_of_start, initial_fitness=fitness_of_start, evaluated=1)
         timings["search_seconds"] = round(result.seconds, 3)
 
-        plan = result.best.to_plan(anatomy, method=self.name)
+        plan = result.best.to_plan(anatomy)
         patch, errors = None, {}
         if options["reformation"] != "none":
             from amoeba_plugin.pruning.reformation import reformation_patch

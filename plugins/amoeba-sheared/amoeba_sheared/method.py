@@ -42,7 +42,6 @@ class ShearedMethod(Method):
 
         from .fold import finalize
 
-        self.check_budget(context.budget)
         o = self.resolve_options(context)
         options = PruneOptions(weights=o["weights"], lora_rank=o["lora_rank"], lora_alpha=o["lora_alpha"],
                                mask_lr=o["mask_lr"], lambda_lr=o["lambda_lr"], target_warmup=o["target_warmup"])
@@ -71,8 +70,7 @@ class ShearedMethod(Method):
             result = train(stage, RunDir(tmp), train_config, data, domains, accelerator, resume=False,
                            reference=reference, proportions=None, show_progress=False)
         final = stage.final_model()
-        plan, patch, _ = finalize(final, anatomy, stage.masks, method=self.name, budget=str(context.budget),
-                                  target=shape.to_dict(), seed=context.seed)
+        plan, patch, _ = finalize(final, anatomy, stage.masks, target=shape.to_dict())
         info = {"target": shape.to_dict(), "steps": result["steps"], "weights": options.weights,
                 "final_proportions": dict(zip([d.name for d in domains], result["final_proportions"]))}
         return PruneResult(plan, patch=patch, model=final, info=info)

@@ -1,0 +1,225 @@
+"""One host function runs a method: :func:`run_method`.
+
+Every caller that prunes through the method contract (the Python API, the CLI, the benchmark
+harness, a backend's own command) goes through it, so the steps around a method's ``prune`` are
+written once and happen in one order::
+
+    seed -> budget check -> method.prune -> result check -> provenance -> amoeba_on_plan -> validate
+
+A method therefore only decides: it does not seed, re-check its budget or write the run's
+method/budget/seed/data into provenance (it still records its own choices: metric, target, ...).
+
+:class:`RunData` is the text of one run, each spec resolved once (in ``preflight``); it feeds the
+calibration windows, the evaluation windows and the single ``data`` provenance record.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import AmoebaError, DataError
+
+
+class MethodResultError(AmoebaError, TypeError):
+    """A method's ``prune`` returned something other than a :class:`PruneResult` holding a Plan."""
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The text of one run: what it calibrates on and what it evaluates on, each a resolved
+    :class:`~amoeba_plugin.data.TextSpec` (or None when off).
+
+    Built once, before any model loads, so a run looks each spec up once; the windows and the
+    provenance record all come from here, so they cannot disagree.
+    """
+
+    calibration: Any = None  # TextSpec | None
+    calibration_samples: int = 32
+    calibration_seq_len: int = 256
+    seed: int = 0
+    evaluation: Any = None  # TextSpec | None
+    evaluation_windows: int = 32
+    evaluation_seq_len: int = 256
+    allow_calibration_overlap: bool = False
+
+    def cut_calibration_windows(self, tokenizer):
+        """The seeded calibration windows, a LongTensor ``[samples, seq_len]``."""
+        if self.calibration is None:
+            raise DataError("this run has no calibration text", "pass a calibration source, e.g. sotu:train")
+        if tokenizer is None:
+            raise DataError("calibration data needs a tokenizer and none was given",
+                            "pass tokenizer= (or load the model by name so its tokenizer comes along)")
+        from .data import calibration_windows
+
+        return calibration_windows(tokenizer, self.calibration, self.calibration_samples,
+                                   self.calibration_seq_len, self.seed)
+
+    def calibration_provider(self, tokenizer) -> Callable[[], Any] | None:
+        """``PruningContext.calibration``: the windows, cut on the first call only (a method that never
+        asks costs no tokenization); None when calibration is off."""
+        if self.calibration is None:
+            return None
+        from .progress import report
+
+        cache: list = []
+
+        def provide():
+            if not cache:
+                report("calibration", 0, 1)
+                cache.append(self.cut_calibration_windows(tokenizer))
+                report("calibration", 1, 1)
+            return cache[0]
+
+        return provide
+
+    def cut_evaluation_windows(self, tokenizer):
+        """The first ``evaluation_windows`` windows of the evaluation text (the perplexity protocol)."""
+        if self.evaluation is None:
+            raise DataError("this run has no evaluation text", "pass an evaluation source, e.g. sotu:validation")
+        from .data import eval_windows
+
+        return eval_windows(tokenizer, self.evaluation, self.evaluation_seq_len, self.evaluation_windows)
+
+    def record(self, calibrated: bool) -> dict:
+        """The ``data`` provenance record: the calibration text (only when the method ``calibrated``)
+        and the evaluation text, as canonical ``name:split``."""
+        data = {}
+        if calibrated and self.calibration is not None:
+            data["calibration"] = {"source": str(self.calibration), "samples": self.calibration_samples,
+                                   "seq_len": self.calibration_seq_len, "seed": self.seed}
+        if self.evaluation is not None:
+            data["evaluation"] = {"source": str(self.evaluation), "windows": self.evaluation_windows,
+                                  "seq_len": self.evaluation_seq_len}
+            if self.allow_calibration_overlap:
+                data["evaluation"]["allowed_calibration_overlap"] = True
+        return data
+
+
+@dataclass
+class MethodRun:
+    """What :func:`run_method` returns: the checked, recorded, validated plan and what it applies to."""
+
+    method: Any
+    result: Any  # the method's raw PruneResult
+    plan: Any
+    #: the model the plan applies to: the one the method returned (it trained it) or the context's
+    model: Any
+    anatomy: Any
+    patch: dict | None = None
+    info: dict = field(default_factory=dict)
+    #: wall time of ``method.prune`` alone, in seconds
+    seconds: float = 0.0
+    #: whether the method asked for the calibration windows
+    calibrated: bool = False
+
+    def slice(self):
+        """The physically smaller model: :func:`~amoeba_plugin.surgery.slice_model` with the patch."""
+        from .surgery import slice_model
+
+        return slice_model(self.model, self.anatomy, self.plan, patch=self.patch)
+
+
+def run_method(method, context, data: RunData | None = None, *, config: Any = None,
+               around_prune: Callable[[], AbstractContextManager] | None = None,
+               after_prune: Callable[[Any], None] | None = None) -> MethodRun:
+    """Run ``method`` on ``context``: seed, budget check, ``prune``, result check, provenance,
+    ``amoeba_on_plan``, validation. Returns a :class:`MethodRun`; slice it with :meth:`MethodRun.slice`.
+
+    ``data`` (the run's :class:`RunData`) gives the ``data`` provenance record; its calibration part is
+    written only when the method asked for ``context.calibration``. ``config`` is passed to
+    ``amoeba_on_plan`` as ``context["config"]``. Two seams for a harness that measures a method:
+    ``around_prune()`` is a context manager entered around ``method.prune`` alone (timing, peak
+    memory), and ``after_prune(result)`` runs right after it, before anything reads the result (e.g.
+    a check that the shared model came back unchanged); either may raise to stop the run.
+    """
+    import torch
+
+    from .anatomy import anatomy_of
+    from .methods import PruneResult
+    from .plan import Plan
+    from .plugins import hook
+    from .progress import report
+
+    asked: list[bool] = []
+    if context.calibration is not None:
+        provide = context.calibration
+
+        def calibration():
+            asked.append(True)
+            return provide()
+
+        context = replace(context, calibration=calibration)
+
+    torch.manual_seed(context.seed)
+    method.check_budget(context.budget)
+    report("prune", 0, 1, method.name)
+    with around_prune() if around_prune is not None else nullcontext():
+        start = time.perf_counter()
+        result = method.prune(context)
+        seconds = time.perf_counter() - start
+    report("prune", 1, 1, method.name)
+    if after_prune is not None:
+        after_prune(result)
+
+    if not isinstance(result, PruneResult) or not isinstance(result.plan, Plan):
+        got = type(result).__name__ if not isinstance(result, PruneResult) else \
+            f"a PruneResult holding {type(result.plan).__name__}"
+        raise MethodResultError(f"method '{method.name}' returned {got}, not a PruneResult with a Plan",
+                                "fix the method's prune() to return PruneResult(plan, ...) (a plugin bug)")
+    plan = result.plan
+    base = result.model if result.model is not None else context.model
+    anatomy = anatomy_of(base) if result.model is not None else context.anatomy
+
+    # the run's own facts; a value the method recorded itself wins (older plugins still write them)
+    plan.provenance = {"method": method.name, "budget": str(context.budget), "seed": context.seed,
+                       **(plan.provenance or {})}
+    record = data.record(calibrated=bool(asked)) if data is not None else {}
+    if record:
+        plan.provenance.setdefault("data", record)
+
+    options = {**getattr(method, "default_options", {}), **(context.options or {})}
+    hook().amoeba_on_plan(plan=plan, context={"method": method.name, "budget": context.budget, "anatomy": anatomy,
+                                              "model": base, "config": config, "options": options})
+    plan.validate(anatomy)
+    return MethodRun(method=method, result=result, plan=plan, model=base, anatomy=anatomy, patch=result.patch,
+                     info=dict(result.info or {}), seconds=seconds, calibrated=bool(asked))
+
+
+# ---------------------------------------------------------------------- reading the record back
+def recorded_calibration(record: dict | None) -> str | None:
+    """The calibration text (``name:split``) in a plan's provenance or an export's info, or None.
+
+    Reads the one ``data`` record :func:`run_method` writes: ``record["data"]["calibration"]["source"]``.
+    """
+    data = (record or {}).get("data")
+    calibration = data.get("calibration") if isinstance(data, dict) else None
+    source = calibration.get("source") if isinstance(calibration, dict) else None
+    return source if isinstance(source, str) else None
+
+
+def calibration_texts(plan=None, export: str | os.PathLike | None = None) -> list[str]:
+    """The calibration texts a plan and/or an export directory (its ``amoeba_export.json``) record,
+    so evaluation can refuse the text the pruning decisions saw."""
+    from .export.writers import EXPORT_INFO
+
+    found = []
+    if export is not None:
+        path = Path(export) / EXPORT_INFO
+        if path.is_file():
+            try:
+                info = json.loads(path.read_text()).get("info", {})
+            except (OSError, ValueError, AttributeError):
+                info = {}
+            found.append(recorded_calibration(info if isinstance(info, dict) else {}))
+    if plan is not None:
+        found.append(recorded_calibration(plan.provenance))
+    return [f for f in found if f is not None]
+
+
+__all__ = ["MethodResultError", "MethodRun", "RunData", "calibration_texts", "recorded_calibration", "run_method"]
