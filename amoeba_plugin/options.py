@@ -86,6 +86,20 @@ def _hints(cls: type) -> dict:
     return cached
 
 
+def field_types(cls: type) -> dict:
+    """``{field name: annotation}`` of an options dataclass, resolved."""
+    return dict(_hints(cls))
+
+
+def optional_inner(tp):
+    """``X`` for ``X | None`` (else ``tp`` itself)."""
+    if _is_optional(tp):
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return tp
+
+
 def type_name(tp) -> str:
     """``int``, ``float | None``, ``list[str]``: an annotation as people write it."""
     if tp is type(None):
@@ -275,7 +289,8 @@ def field_default(f: dataclasses.Field):
 # ---------------------------------------------------------------------- the base classes
 @dataclass
 class Options:
-    """Base of a typed options dataclass: every field coerced to its type and checked on construction."""
+    """Base of a typed options dataclass: every field coerced to its type and checked on construction.
+    ``to_dict``, ``defaults`` and ``pick`` are its methods, so they are not field names."""
 
     def __post_init__(self):
         for f in fields(self):
@@ -289,22 +304,10 @@ class Options:
     def defaults(cls) -> dict:
         return {f.name: field_default(f) for f in fields(cls)}
 
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
-    @classmethod
-    def from_dict(cls, values: Mapping | None = None, method: str | None = None):
-        return build_options(cls, values, method)
-
-    @classmethod
-    def describe(cls) -> dict:
-        return describe_options(cls)
-
     def __getitem__(self, name: str):
         """``options["steps"]`` reads like ``options.steps``: methods written when options were a dict
         keep working (read-only)."""
-        if name not in self.names():
+        if name not in {f.name for f in fields(self)}:
             raise KeyError(name)
         return getattr(self, name)
 
@@ -374,6 +377,8 @@ __all__ = [
     "build_options",
     "describe_options",
     "field_default",
+    "field_types",
+    "optional_inner",
     "option",
     "option_like",
     "options_class_from_dict",
