@@ -44,6 +44,7 @@ import amoeba_plugin  # noqa: F401  (registers the amoeba architecture for heter
 from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.api import PruningConfig, preflight
 from amoeba_plugin.budget import Budget
+from amoeba_plugin.cli.options import parse_options
 from amoeba_plugin.data import (
     calibration_windows,
     check_disjoint,
@@ -193,13 +194,6 @@ def split_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(sep) if item.strip()]
 
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def _json(text: str, what: str, fix: str):
     try:
         return json.loads(text)
@@ -229,14 +223,8 @@ def parse_method_options(items: list[str]) -> dict[str, dict]:
             options = _json(rest, f"--method-options for '{name}'", 'write METHOD:{"key": value}')
             if not isinstance(options, dict):
                 raise AmoebaError(f"--method-options for '{name}' must be a JSON object", "write METHOD:{...}")
-        else:
-            options = {}
-            for pair in rest.split(","):
-                key, eq, value = pair.partition("=")
-                if not eq or not key.strip():
-                    raise AmoebaError(f"cannot read option {pair!r} of '{name}' in --method-options",
-                                      "write METHOD:key=value[,key=value]")
-                options[key.strip()] = _value(value.strip())
+        else:  # the values as `amoeba prune --option` reads them; the method's options dataclass types them
+            options = parse_options(pair.strip() for pair in rest.split(","))
         out.setdefault(name, {}).update(options)
     return out
 
@@ -775,11 +763,7 @@ def run(args, log) -> int:
                                    calibration_samples=args.calibration_samples,
                                    calibration_seq_len=args.calibration_seq_len, seed=args.seed, evaluation=None,
                                    method_options=options.get(name, {}))
-            method, checked = preflight(config)
-            unknown = sorted(set(options.get(name, {})) - set(method.default_options))
-            if unknown and method.default_options:
-                raise AmoebaError(f"unknown option(s) for '{name}' in --method-options: {', '.join(unknown)}",
-                                  f"use only: {', '.join(method.default_options)}")
+            method, checked = preflight(config)  # builds the method's options: names and values checked
             jobs.append((method, checked, options.get(name, {}), config))
     tasks = split_list(args.lm_eval_tasks) if args.lm_eval_tasks else []
     harness = Harness(args, log)
