@@ -80,16 +80,20 @@ class Method:
         """The typed options of a run: :attr:`options_class` built from ``values`` (names checked,
         values coerced and validated). ``preflight`` calls it before the model loads, so a bad option
         costs no loading."""
-        return build_options(self.options_class, values, self.name)
+        options = build_options(self.options_class, values, self.name)
+        if type(self).check_options is not Method.check_options:  # a method that still checks values there
+            self.check_options(dict(values) if isinstance(values, Mapping) else options.to_dict())
+        return options
 
     def resolve_options(self, context: PruningContext) -> MethodOptions:
         """The run's typed options (``context.options`` over the defaults); read ``options.steps`` etc."""
         return self.build_options(context.options)
 
     def check_options(self, options: Mapping) -> None:
-        """Raise an :class:`~amoeba_plugin.errors.AmoebaError` for a bad option (kept for callers
-        written before :meth:`build_options`; checks live in the options dataclass)."""
-        self.build_options(options)
+        """Raise an :class:`~amoeba_plugin.errors.AmoebaError` for a bad option. Kept for methods
+        written before typed options (an override still runs whenever the options are built); new
+        checks belong in the options dataclass' ``__post_init__``."""
+        build_options(self.options_class, options, self.name)
 
     def calibration_windows(self, context: PruningContext):
         """The run's calibration windows, or the standard error when calibration is off."""

@@ -81,7 +81,10 @@ def option_like(owner: type, name: str, default: Any = MISSING, help: str | None
 def _hints(cls: type) -> dict:
     cached = cls.__dict__.get("_amoeba_hints")
     if cached is None:
-        cached = typing.get_type_hints(cls)
+        try:
+            cached = typing.get_type_hints(cls)
+        except Exception:  # noqa: BLE001 - an annotation that cannot be resolved here: take such values as given
+            cached = {f.name: (f.type if isinstance(f.type, type) else Any) for f in fields(cls)}
         setattr(cls, "_amoeba_hints", cached)
     return cached
 

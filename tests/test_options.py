@@ -239,3 +239,31 @@ def test_prune_and_eval_take_the_new_flag_names_and_the_old_ones(tmp_path):
     b = CliRunner().invoke(cli, ["eval", "amoeba-tiny-sotu", "--source", "brown:test", "--windows", "2",
                                  "--seq-len", "32"])
     assert a.exit_code == 0 and a.stdout == b.stdout and "perplexity (brown:test)" in a.stdout
+
+
+def test_a_check_options_override_still_runs_in_preflight_and_prune():
+    seen = []
+
+    class OldStyle(Method):
+        name = "old-style"
+        options_class = DemoOptions
+
+        def check_options(self, options):
+            super().check_options(options)
+            seen.append(dict(options))
+            if options.get("mode") == "slow":
+                raise AmoebaError("slow is not allowed here", "use mode=fast")
+
+    method = OldStyle()
+    assert method.build_options({"steps": 2}).steps == 2 and seen == [{"steps": 2}]
+    with pytest.raises(AmoebaError, match="slow is not allowed"):
+        method.build_options({"mode": "slow"})
+    with pytest.raises(AmoebaError, match="steps must be >= 1"):  # the dataclass checks first
+        method.build_options({"steps": 0})
+
+
+def test_an_annotation_that_cannot_be_resolved_takes_values_as_given():
+    import dataclasses
+
+    Odd = dataclasses.make_dataclass("Odd", [("thing", "NoSuchType", option(1, "x"))], bases=(MethodOptions,))
+    assert Odd(thing="anything").thing == "anything"
