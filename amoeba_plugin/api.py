@@ -204,7 +204,7 @@ def preflight(config: PruningConfig, save_directory=None, overwrite: bool = Fals
     budget = config.budget_spec
     method = get("methods", config.method)
     method.check_budget(budget)
-    method.check_options(dict(config.method_options))
+    method.build_options(config.method_options)  # names, types and values: a bad option fails here
     needs_data = "calibration" in getattr(method, "capabilities", ())
     if needs_data and config.calibration is None:
         raise DataError(f"method '{method.name}' needs calibration data and calibration is off",

@@ -497,11 +497,7 @@ def run(args, log) -> int:
                                    calibration_samples=args.calibration_samples,
                                    calibration_seq_len=args.calibration_seq_len, seed=args.seed, evaluation=None,
                                    method_options=options.get(name, {}))
-            method, checked, _ = preflight(config)
-            unknown = sorted(set(options.get(name, {})) - set(method.default_options))
-            if unknown and method.default_options:
-                raise AmoebaError(f"unknown option(s) for '{name}' in --method-options: {', '.join(unknown)}",
-                                  f"use only: {', '.join(method.default_options)}")
+            method, checked, _ = preflight(config)  # builds the method's options: names and values checked
             jobs.append((method, checked, options.get(name, {}), config))
     tasks = split_list(args.lm_eval_tasks) if args.lm_eval_tasks else []
     harness = Harness(args, log)

@@ -29,6 +29,7 @@ from typing import Self
 
 import torch
 
+from amoeba_plugin.cli.options import parse_options
 from amoeba_plugin.errors import AmoebaError
 from amoeba_plugin.plugins import plugin_records
 
@@ -190,14 +191,8 @@ def parse_method_options(items: list[str]) -> dict[str, dict]:
             options = _json(rest, f"--method-options for '{name}'", 'write METHOD:{"key": value}')
             if not isinstance(options, dict):
                 raise AmoebaError(f"--method-options for '{name}' must be a JSON object", "write METHOD:{...}")
-        else:
-            options = {}
-            for pair in rest.split(","):
-                key, eq, value = pair.partition("=")
-                if not eq or not key.strip():
-                    raise AmoebaError(f"cannot read option {pair!r} of '{name}' in --method-options",
-                                      "write METHOD:key=value[,key=value]")
-                options[key.strip()] = _value(value.strip())
+        else:  # the values as `amoeba prune --option` reads them; the method's options dataclass types them
+            options = parse_options(pair.strip() for pair in rest.split(","))
         out.setdefault(name, {}).update(options)
     return out
 

@@ -116,8 +116,8 @@ def kill_and_resume(args, out: Path) -> dict:
     def command(name: str) -> list[str]:
         return [amoeba, "--quiet", "searchllm", "run", args.model, "--budget", args.budget, "--preset", "quick",
                 "--generations", str(args.kill_generations), "--fitness-windows", str(args.fitness_windows),
-                "--option", f"fitness_seq_len={args.fitness_seq_len}", "--samples", str(args.samples),
-                "--seq-len", str(args.seq_len), "--seed", str(args.seed), "--no-eval", "--restart",
+                "--option", f"fitness_seq_len={args.fitness_seq_len}", "--calibration-samples", str(args.samples),
+                "--calibration-seq-len", str(args.seq_len), "--seed", str(args.seed), "--no-eval", "--restart",
                 "--work", str(runs / f"{name}.search"), "--output", str(runs / name), "--overwrite"]
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or torch.get_num_threads()), "AMOEBA_PROGRESS": "0"}

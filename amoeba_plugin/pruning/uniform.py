@@ -2,9 +2,19 @@
 the uniform baselines (plugins subclass :class:`UniformWidthMethod` with another metric)."""
 from __future__ import annotations
 
-from ..errors import AmoebaError
-from ..methods import Method, PruneResult, PruningContext
+from dataclasses import dataclass
+
 from .allocation import uniform_plan, uniform_width
+from ..errors import AmoebaError
+from ..methods import Method, MethodOptions, PruneResult, PruningContext, option
+
+
+@dataclass
+class UniformWidthOptions(MethodOptions):
+    """Options of :class:`UniformWidthMethod` (subclasses change the ``metric`` default)."""
+
+    metric: str = option("magnitude", "metric scoring query heads and MLP channels (see `amoeba plugins`)")
+    keep_layers: list[int] = option([], "layers left whole, e.g. 0,-1 (the first and the last)")
 
 
 class UniformWidthMethod(Method):
@@ -17,7 +27,8 @@ class UniformWidthMethod(Method):
     (:func:`amoeba_plugin.pruning.allocation.uniform_width` finds the largest such shape that fits).
     Registered as ``uniform-magnitude``: the host's one method that needs no data and no plugin,
     and the baseline every other method must beat. Plugins subclass it for other metrics (the
-    baselines' ``wanda-sp`` and ``random``) by setting ``name`` and ``default_options``.
+    baselines' ``wanda-sp`` and ``random``) by setting ``name`` and an ``options_class`` with another
+    ``metric`` default.
     """
 
     name = "uniform-magnitude"
@@ -25,19 +36,19 @@ class UniformWidthMethod(Method):
                    "picked by weight magnitude; exports as a stock HF model")
     capabilities = frozenset({"width"})
     budget_kinds = ("params", "nonembed", "count", "macs")
-    default_options = {"metric": "magnitude", "keep_layers": []}
+    options_class = UniformWidthOptions
 
     def prune(self, context: PruningContext) -> PruneResult:
         from ..plugins import get
 
         anatomy, budget = context.anatomy, context.budget
         options = self.resolve_options(context)
-        metric = get("metrics", options["metric"])
+        metric = get("metrics", options.metric)
         missing = {"query_head", "mlp_channel"} - set(metric.units)
         if missing:
             raise AmoebaError(f"metric '{metric.name}' cannot score {', '.join(sorted(missing))} units",
                               "pick a metric that scores query heads and MLP channels, e.g. magnitude")
-        keep = list(options["keep_layers"])
+        keep = list(options.keep_layers)
         heads, width = uniform_width(anatomy, budget, self.name, keep)
         calibration = self.calibration_windows(context) if metric.needs_calibration else None
         scores = metric.score_units(context.model, anatomy, ("query_head", "mlp_channel"), calibration,
@@ -48,4 +59,4 @@ class UniformWidthMethod(Method):
                                             "metric": metric.name})
 
 
-__all__ = ["UniformWidthMethod"]
+__all__ = ["UniformWidthMethod", "UniformWidthOptions"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from amoeba_plugin.methods import Method, PruneResult
 
 from .extract import choose_shape
-from .select import DEFAULT_WIDTHS, SelectionConfig, run_selection
+from .select import SelectionConfig, run_selection
 from .train import score_shapes
 
 
@@ -23,15 +23,12 @@ class AmoebaLLMMethod(Method):
                    "(depth, width) under the budget (no fine-tuning; see `amoeba amoeballm`)")
     capabilities = frozenset({"depth", "width", "calibration", "changes_weights"})
     budget_kinds = ("params", "nonembed", "count", "macs")
-    default_options = {"min_layers": None, "keep_last": 1, "depth_scorer": "loss", "widths": list(DEFAULT_WIDTHS),
-                       "allocation": "global", "bias_compensation": True}
+    #: the selection settings are the method's options: one dataclass for `amoeba prune` and `amoeballm select`
+    options_class = SelectionConfig
 
     def prune(self, context):
-        options = self.resolve_options(context)
+        config = self.resolve_options(context)
         windows = self.calibration_windows(context)
-        config = SelectionConfig(min_layers=options["min_layers"], keep_last=options["keep_last"],
-                                 depth_scorer=options["depth_scorer"], widths=tuple(options["widths"]),
-                                 allocation=options["allocation"], bias_compensation=options["bias_compensation"])
         table, report = run_selection(context.model, context.tokenizer, context.anatomy, windows, config,
                                       seed=context.seed)
         bound = context.budget.bind(context.anatomy)

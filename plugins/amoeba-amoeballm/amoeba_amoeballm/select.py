@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.options import MethodOptions, option
 
 from .depth import dp_layer_selection
 from .scorers import build_scorer, check_spec
@@ -16,27 +17,41 @@ from .width import ALLOCATIONS, check_widths, select_widths
 DEFAULT_WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5)
 
 
-@dataclass
-class SelectionConfig:
-    """Stage 1 settings (official defaults in brackets)."""
+def parse_fraction(text: str) -> float:
+    """``"0.75"`` or ``"3/4"`` (the official CLI wrote widths as fractions)."""
+    num, sep, den = text.strip().partition("/")
+    return float(num) / float(den) if sep else float(num)
 
-    min_layers: int | None = None     # smallest depth; default half the layers [20 of 32]
-    keep_last: int = 1                # last layers the DP never removes [1]
-    depth_scorer: str = "loss"        # loss | perplexity | lm-eval:TASK [5-shot MMLU accuracy]
-    scorer_options: dict = field(default_factory=dict)
-    widths: tuple[float, ...] = DEFAULT_WIDTHS  # [1, 7/8, 3/4, 5/8]
-    allocation: str = "global"        # global (FLAP, per-layer widths) | uniform (stock HF exports)
-    width_metric: str = "fluctuation"
-    bias_compensation: bool = True
+
+def parse_widths(text: str) -> tuple[float, ...]:
+    """``"1,0.875,0.75"`` or ``"1,7/8,3/4"`` as floats."""
+    try:
+        return tuple(parse_fraction(p) for p in text.split(",") if p.strip())
+    except (ValueError, ZeroDivisionError):
+        raise AmoebaError(f"cannot read the width list '{text}'", "write e.g. 1,0.875,0.75,0.625 or 1,7/8,3/4") from None
+
+
+@dataclass
+class SelectionConfig(MethodOptions):
+    """Stage 1 settings, and the options of the ``amoeballm`` method (official defaults in brackets)."""
+
+    min_layers: int | None = option(None, "smallest depth; default half the layers [20 of 32]", ge=1)
+    keep_last: int = option(1, "last layers the DP never removes [1]", ge=0)
+    depth_scorer: str = option("loss", "knowledge-preservation score: loss, perplexity or lm-eval:TASK "
+                                       "(e.g. lm-eval:amoeba_sotu_cloze_calib) [5-shot MMLU accuracy]")
+    scorer_options: dict = option({}, "options of the depth scorer, e.g. {\"num_questions\": 64} for lm-eval")
+    widths: tuple[float, ...] = option(DEFAULT_WIDTHS, "width ratios, largest first (1,0.875,... or 1,7/8,...) "
+                                                       "[1, 7/8, 3/4, 5/8]", parse=parse_widths)
+    allocation: str = option("global", "global: FLAP per-layer widths; uniform: the same width in every layer "
+                                       "(stock HF exports)", choices=ALLOCATIONS)
+    width_metric: str = option("fluctuation", "metric ranking the width channels")
+    bias_compensation: bool = option(True, "fold the mean contribution of removed channels into output biases")
 
     def __post_init__(self):
         """Everything that can be checked before a model is loaded."""
+        super().__post_init__()
         self.widths = tuple(check_widths(self.widths))
         self.depth_scorer = check_spec(self.depth_scorer)
-        if self.allocation not in ALLOCATIONS:
-            raise AmoebaError(f"unknown width allocation '{self.allocation}'", f"use one of: {', '.join(ALLOCATIONS)}")
-        if isinstance(self.keep_last, bool) or not isinstance(self.keep_last, int) or self.keep_last < 0:
-            raise AmoebaError(f"keep_last must be a non-negative integer, got {self.keep_last!r}", "pass e.g. --keep-last 1")
 
     def resolved_min_layers(self, num_layers: int) -> int:
         value = self.min_layers if self.min_layers is not None else max(self.keep_last, math.ceil(num_layers / 2))
@@ -75,4 +90,4 @@ def run_selection(model, tokenizer, anatomy, windows, config: SelectionConfig, s
     return table, report
 
 
-__all__ = ["DEFAULT_WIDTHS", "SelectionConfig", "run_selection"]
+__all__ = ["DEFAULT_WIDTHS", "SelectionConfig", "parse_fraction", "parse_widths", "run_selection"]

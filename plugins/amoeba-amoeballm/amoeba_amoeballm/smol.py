@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from amoeba_plugin.anatomy import Anatomy
 from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.options import Options, option
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 MIXINGS = ("weights", "outputs")
@@ -37,25 +38,25 @@ def expert_name(index: int) -> str:
 
 
 @dataclass
-class SMoLConfig:
+class SMoLConfig(Options):
     """Hyper-parameters of the SMoL adapter (official recipe: 5 experts, r 64, alpha 16, top-2)."""
 
-    num_experts: int = 5
-    rank: int = 8
-    alpha: float = 16.0
-    top_k: int = 2
-    dropout: float = 0.0
-    #: "weights": mix A and B separately (official, mergeable); "outputs": sum_e g_e B_e A_e x
-    mixing: str = "weights"
-    target_roles: tuple[str, ...] = ROLES
-    router_hidden: int = 16
-    #: noisy top-k while the router is in training mode (never in eval)
-    router_noise: bool = True
+    num_experts: int = option(5, "LoRA experts per linear (1: one plain LoRA) [5]")
+    rank: int = option(8, "LoRA rank of every expert [64]")
+    alpha: float = option(16.0, "LoRA alpha [16]")
+    top_k: int = option(2, "experts the router mixes per shape [2]")
+    dropout: float = option(0.0, "LoRA dropout")
+    mixing: str = option("weights", "weights: mix A and B separately (official, mergeable); outputs: sum of the "
+                                    "experts' outputs", choices=MIXINGS)
+    target_roles: tuple[str, ...] = option(ROLES, "linears that get experts", choices=ROLES)
+    router_hidden: int = option(16, "hidden width of the shape router [16]")
+    router_noise: bool = option(True, "noisy top-k while the router is in training mode (never in eval)")
 
     def __post_init__(self):
-        if isinstance(self.target_roles, (list, str)):
-            self.target_roles = (self.target_roles,) if isinstance(self.target_roles, str) \
-                else tuple(self.target_roles)
+        try:
+            super().__post_init__()
+        except AmoebaError as exc:
+            raise AmoebaError(f"invalid SMoL config: {exc.problem}", exc.fix) from None
         self.validate()
 
     def validate(self) -> None:

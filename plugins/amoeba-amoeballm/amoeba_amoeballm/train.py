@@ -20,13 +20,14 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.options import Options, option
 
 from .bundle import CHECKPOINT, Bundle
 from .shapes import SelectionTable, Shape, apply_shape
@@ -36,29 +37,31 @@ LOG = "train_log.jsonl"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
     """Fine-tuning settings (the official recipe in brackets, for a 7B model on a GPU)."""
 
-    steps: int = 200                  # optimizer steps [10000]
-    batch_size: int = 4               # windows per process and micro-batch [2]
-    grad_accum: int = 1               # micro-batches per optimizer step [4]
-    lr: float = 2e-4                  # constant [2e-4]
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.3
-    seq_len: int = 256
-    source: str = "sotu:train"        # training text [alpaca-gpt4]
-    pool: int = 2048                  # training windows drawn (seeded) from the source
-    num_random: int = 2               # random subnets per step besides largest and smallest [2]
-    full_depth_random: bool = True    # random subnets may have full depth [no: randint(min, L)]
-    distill: bool = True              # in-place distillation for every subnet but the largest
-    kd_weight: float = 1.0            # KD share of a distilled subnet's loss (1 - share: labels) [1]
-    balancing: bool = True            # loss-magnitude balancing
-    save_every: int = 50
-    log_every: int = 10
-    seed: int = 0
-    score_windows: int = 8            # windows (seed + 1) for the per-shape scores written at the end
+    steps: int = option(200, "optimizer steps [10000]")
+    batch_size: int = option(4, "windows per process and micro-batch [2]")
+    grad_accum: int = option(1, "micro-batches per optimizer step [4]")
+    lr: float = option(2e-4, "learning rate, constant [2e-4]")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(0.3, "gradient clipping norm")
+    seq_len: int = option(256, "tokens per training window")
+    source: str = option("sotu:train", "training text [alpaca-gpt4]")
+    pool: int = option(2048, "training windows drawn (seeded) from the source")
+    num_random: int = option(2, "random subnets per step besides the largest and the smallest [2]")
+    full_depth_random: bool = option(True, "random subnets may keep every layer (the official draw never trains "
+                                           "full-depth narrow shapes: randint(min, L))")
+    distill: bool = option(True, "in-place distillation for every subnet but the largest")
+    kd_weight: float = option(1.0, "distillation share of a distilled subnet's loss (the rest: labels) [1]")
+    balancing: bool = option(True, "loss-magnitude balancing")
+    save_every: int = option(50, "steps between checkpoints")
+    log_every: int = option(10, "steps between log lines")
+    seed: int = option(0, "seed of the shapes, batches, router noise and dropout")
+    score_windows: int = option(8, "windows (seed + 1) for the per-shape scores written at the end")
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "pool", "save_every", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -66,9 +69,6 @@ class TrainConfig:
         if self.num_random < 0 or not 0 <= self.kd_weight <= 1 or self.lr <= 0:
             raise AmoebaError("num_random must be >= 0, kd_weight in [0, 1] and lr > 0",
                               "use e.g. num_random=2, kd_weight=1, lr=2e-4")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------- losses

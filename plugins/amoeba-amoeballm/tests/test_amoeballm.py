@@ -274,8 +274,12 @@ def test_method_in_the_common_prune_api(embedded):
                                         ({"depth_scorer": "lm-eval:"}, "needs a task"),
                                         ({"allocation": "random"}, "allocation")])
 def test_selection_settings_are_checked_before_any_model_loads(bad, match):
+    from amoeba_plugin.api import PruningConfig, preflight
+
     with pytest.raises(AmoebaError, match=match):
         SelectionConfig(**bad)
+    with pytest.raises(AmoebaError, match=match):  # the same dataclass is the method's options
+        preflight(PruningConfig(method="amoeballm", budget="0.5", method_options=bad))
 
 
 def test_cli_select_train_shapes_extract(tmp_path):

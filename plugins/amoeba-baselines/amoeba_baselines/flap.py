@@ -1,9 +1,20 @@
 """FLAP: fluctuation-scored heads and channels, one global ranking across layers, bias compensation."""
+from dataclasses import dataclass
+
 from amoeba_plugin.calibration import SITES, collect_statistics
 from amoeba_plugin.methods import Method, PruneResult
+from amoeba_plugin.options import MethodOptions, option
 from amoeba_plugin.plugins import get
 from amoeba_plugin.pruning.allocation import global_width, standardized_unit_scores
 from amoeba_plugin.pruning.compensation import output_bias_compensation
+
+
+@dataclass
+class FLAPOptions(MethodOptions):
+    metric: str = option("fluctuation", "linear metric scoring the o_proj/down_proj columns "
+                                        "(fluctuation, wanda-sp, magnitude, obs or taylor)")
+    bias_compensation: bool = option(True, "fold the mean contribution of removed channels into an output bias")
+    batch_size: int = option(8, "calibration windows per forward pass of the statistics", ge=1)
 
 
 class FLAPMethod(Method):
@@ -28,26 +39,26 @@ class FLAPMethod(Method):
     description = "FLAP: fluctuation scores, global adaptive allocation, bias compensation; needs calibration"
     capabilities = frozenset({"width", "calibration", "changes_weights"})
     budget_kinds = ("params", "nonembed", "count", "macs")
-    default_options = {"metric": "fluctuation", "bias_compensation": True, "batch_size": 8}
+    options_class = FLAPOptions
 
     def prune(self, context):
         from amoeba_plugin.errors import AmoebaError
 
         anatomy, budget, model = context.anatomy, context.budget, context.model
         options = self.resolve_options(context)
-        metric = get("metrics", options["metric"])
+        metric = get("metrics", options.metric)
         if not hasattr(metric, "role_scores"):
             raise AmoebaError(f"metric '{metric.name}' does not score single linears",
                               "use a linear metric: fluctuation, wanda-sp, magnitude, obs or taylor")
         windows = self.calibration_windows(context)
-        stats = collect_statistics(model, anatomy, windows, sites=SITES, batch_size=options["batch_size"])
+        stats = collect_statistics(model, anatomy, windows, sites=SITES, batch_size=options.batch_size)
         # the metric reuses these statistics when they hold what it reads; otherwise it gets the windows
         wanted = metric.needs_statistics
         shared = bool(wanted) and stats.has(gram="gram" in wanted, sites=tuple(wanted - {"gram"}))
         calibration = (stats if shared else windows) if metric.needs_calibration else None
         roles = metric.role_scores(model, anatomy, calibration, seed=context.seed)
         groups, channels = standardized_unit_scores(anatomy, roles)
-        bias = bool(options["bias_compensation"])
+        bias = options.bias_compensation
         plan = global_width(anatomy, budget, groups, channels, self.name, output_bias=bias)
         patch = output_bias_compensation(model, anatomy, plan, stats) if bias else None
         plan.provenance = {"metric": metric.name, "bias_compensation": bias}

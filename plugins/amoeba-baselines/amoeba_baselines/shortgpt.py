@@ -1,8 +1,17 @@
 """ShortGPT: remove whole decoder layers, the least influential first."""
+from dataclasses import dataclass
+
 from amoeba_plugin.methods import Method, PruneResult
+from amoeba_plugin.options import MethodOptions, option
 from amoeba_plugin.plan import Plan
 from amoeba_plugin.plugins import get
 from amoeba_plugin.pruning.allocation import unreachable
+
+
+@dataclass
+class ShortGPTOptions(MethodOptions):
+    metric: str = option("block-influence", "metric scoring layers, e.g. block-influence or removal-loss")
+    angular: bool = option(False, "Gromov et al.'s angular distance instead of 1 - cos (passed to the metric)")
 
 
 class ShortGPTMethod(Method):
@@ -15,15 +24,15 @@ class ShortGPTMethod(Method):
     description = "depth pruning: drop the layers with the lowest block influence (ShortGPT); needs calibration"
     capabilities = frozenset({"depth", "calibration"})
     budget_kinds = ("params", "nonembed", "count", "macs")
-    default_options = {"metric": "block-influence", "angular": False}
+    options_class = ShortGPTOptions
 
     def prune(self, context):
         anatomy, budget = context.anatomy, context.budget
         options = self.resolve_options(context)
-        metric = get("metrics", options.pop("metric"))
+        metric = get("metrics", options.metric)
         metric.check_unit("layer")
         windows = self.calibration_windows(context) if metric.needs_calibration else None
-        scores = metric.score(context.model, anatomy, "layer", windows, seed=context.seed, **options)
+        scores = metric.score(context.model, anatomy, "layer", windows, seed=context.seed, angular=options.angular)
         order = sorted(range(anatomy.num_layers), key=lambda i: (float(scores[i]), i))
         full = Plan.full(anatomy)
         bound = budget.bind(anatomy)

@@ -1,5 +1,18 @@
 """Uniform-width baselines: the host's uniform method with another metric."""
-from amoeba_plugin.pruning.uniform import UniformWidthMethod
+from dataclasses import dataclass
+
+from amoeba_plugin.options import option_like
+from amoeba_plugin.pruning.uniform import UniformWidthMethod, UniformWidthOptions
+
+
+@dataclass
+class WandaSPOptions(UniformWidthOptions):
+    metric: str = option_like(UniformWidthOptions, "metric", "wanda-sp")
+
+
+@dataclass
+class RandomOptions(UniformWidthOptions):
+    metric: str = option_like(UniformWidthOptions, "metric", "random")
 
 
 class WandaSPMethod(UniformWidthMethod):
@@ -9,7 +22,7 @@ class WandaSPMethod(UniformWidthMethod):
     name = "wanda-sp"
     description = "uniform width, heads/channels ranked by Wanda-sp |W|·||X|| (An et al. 2024); needs calibration"
     capabilities = frozenset({"width", "calibration"})
-    default_options = {"metric": "wanda-sp", "keep_layers": []}
+    options_class = WandaSPOptions
 
 
 class RandomMethod(UniformWidthMethod):
@@ -18,4 +31,4 @@ class RandomMethod(UniformWidthMethod):
     name = "random"
     description = "uniform width, heads/channels picked at random (seeded by --seed); the control"
     capabilities = frozenset({"width"})
-    default_options = {"metric": "random", "keep_layers": []}
+    options_class = RandomOptions

@@ -112,6 +112,22 @@ def test_bad_options_and_budgets_are_clear(pruner):
         pruner.prune(PruningConfig(method="flap", budget="0.7", calibration=None))
 
 
+def test_option_values_are_checked_before_the_model_loads():
+    from amoeba_plugin.api import preflight
+
+    for method, options, fragment in (("flap", {"batch_size": 0}, "batch_size must be >= 1"),
+                                      ("flap", {"bias_compensation": "maybe"}, "is not a bool"),
+                                      ("shortgpt", {"angular": 2}, "is not a bool"),
+                                      ("wanda-sp", {"keep_layers": "first"}, "keep_layers")):
+        with pytest.raises(AmoebaError, match=fragment):
+            preflight(PruningConfig(method=method, budget="0.7", method_options=options))
+    flap = get("methods", "flap")
+    assert flap.build_options({"bias_compensation": "false", "batch_size": "4"}).to_dict() == {
+        "metric": "fluctuation", "bias_compensation": False, "batch_size": 4}
+    assert get("methods", "wanda-sp").default_options == {"metric": "wanda-sp", "keep_layers": []}
+    assert get("methods", "random").default_options["metric"] == "random"
+
+
 def test_flap_export_reloads_with_identical_logits(pruner, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -7,11 +7,16 @@ from pathlib import Path
 
 import click
 
+from amoeba_plugin.cli.options import (calibration_options, echo_table, evaluation_options, export_options, flag,
+                                       option_flags, option_pairs, parse_options, pruning_defaults, pruning_settings)
 from amoeba_plugin.errors import AmoebaError
 
-from .method import REFORMATIONS
-from .operators import DEPTH_RULES, MASK_MODES
-from .search import LOG, PLOT, PRESETS, STATE
+from .method import SearchLLMOptions
+from .search import LOG, PLOT, STATE
+
+#: the options with a flag of their own; the others go through --option KEY=VALUE
+FLAGS = ("preset", "generations", "population", "fitness", "fitness_windows", "tolerance", "mask_mutation",
+         "depth_rule", "reformation", "checkpoint_dir", "restart")
 
 
 @click.group("searchllm")
@@ -21,54 +26,26 @@ def searchllm():
 
 @searchllm.command()
 @click.argument("model")
-@click.option("--budget", "-b", default="0.5", show_default=True,
-              help="params=0.5 (all parameters), nonembed=0.5 (blocks only), count=3e6 or macs=0.5.")
-@click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Export directory.")
-@click.option("--work", "-w", type=click.Path(file_okay=False), default=None,
-              help="Search directory: log, checkpoint, progress plot; rerun the same command to resume.")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="paper", show_default=True,
-              help="Population settings (paper: 100 per generation, top 10, 50 generations).")
-@click.option("--generations", type=int, default=None, help="Override the preset's generations.")
-@click.option("--population", type=int, default=None, help="Override the preset's population.")
-@click.option("--fitness", default="perplexity", show_default=True, help="perplexity, loss or lm-eval:TASK.")
-@click.option("--fitness-windows", type=int, default=8, show_default=True,
-              help="Calibration windows kept aside to score candidates.")
-@click.option("--tolerance", type=float, default=0.02, show_default=True,
-              help="How far below the budget a candidate may land (fraction of the budget).")
-@click.option("--mask-mutation", type=click.Choice(MASK_MODES), default="constructive",
-              show_default=True)
-@click.option("--depth-rule", type=click.Choice(DEPTH_RULES), default="influence",
-              show_default=True, help="Which layer a depth mutation removes.")
-@click.option("--reformation", type=click.Choice(REFORMATIONS), default="exact", show_default=True)
-@click.option("--calibration", default="sotu:train", show_default=True, help="Calibration text source.")
-@click.option("--samples", default=136, show_default=True, type=int,
-              help="Calibration windows, fitness ones included (the paper reforms on 128; fewer overfit the refit).")
-@click.option("--seq-len", default=256, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--eval/--no-eval", "evaluate", default=True, show_default=True,
-              help="Held-out perplexity before and after.")
-@click.option("--eval-source", default="sotu:validation", show_default=True)
-@click.option("--restart", is_flag=True, help="Delete the checkpoint in --work and start again.")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty --output directory.")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Any other searchllm option (repeatable; JSON values), e.g. attention_range=0.6,1.")
-def run(model, budget, output, work, preset, generations, population, fitness, fitness_windows, tolerance,
-        mask_mutation, depth_rule, reformation, calibration, samples, seq_len, seed, evaluate, eval_source,
-        restart, overwrite, options):
-    """Initialise, search and reform MODEL under BUDGET; export with --output."""
+@flag("--budget", "-b", default=pruning_defaults()["budget"], show_default=True,
+      help="params=0.5 (all parameters), nonembed=0.5 (blocks only), count=3e6 or macs=0.5.")
+@export_options()
+@option_flags(SearchLLMOptions, include=FLAGS, into="method_options",
+              decls={"checkpoint_dir": ("--work", "-w")}, aliases={"checkpoint_dir": ("--checkpoint-dir",)})
+@calibration_options(calibration_samples=136)
+@evaluation_options()
+@option_pairs(help="Any other searchllm option (repeatable; JSON values), e.g. attention_range=0.6,1 "
+                   "(see `amoeba methods searchllm`).")
+def run(model, method_options, options, output, overwrite, evaluate, **settings):
+    """Initialise, search and reform MODEL under BUDGET; export with --output.
+
+    --work keeps the search log, checkpoint and progress plot: rerun the same command to resume.
+    --calibration-samples counts the fitness windows too (136 = the paper's 128 for the refit + 8;
+    fewer windows overfit the refit)."""
     from amoeba_plugin.api import AmoebaPruner, PruningConfig, preflight
     from amoeba_plugin.models import load_model
 
-    from amoeba_plugin.cli.main import parse_options
-
-    extra = parse_options(options)
-    method_options = {"preset": preset, "generations": generations, "population": population, "fitness": fitness,
-                      "fitness_windows": fitness_windows, "tolerance": tolerance, "mask_mutation": mask_mutation,
-                      "depth_rule": depth_rule, "reformation": reformation, "checkpoint_dir": work,
-                      "restart": restart, **extra}
-    config = PruningConfig(method="searchllm", budget=budget, calibration=calibration, calibration_samples=samples,
-                           calibration_seq_len=seq_len, seed=seed, evaluation=eval_source,
-                           method_options={k: v for k, v in method_options.items() if v is not None})
+    config = PruningConfig(method="searchllm", **pruning_settings(settings),
+                           method_options={**method_options, **parse_options(options)})
     preflight(config, output, overwrite, evaluate)  # every setting, before the model loads
     loaded, tokenizer = load_model(model)
     pruner = AmoebaPruner.from_pretrained(loaded, tokenizer=tokenizer)
@@ -88,7 +65,8 @@ def run(model, budget, output, work, preset, generations, population, fitness, f
         click.echo(f"reformation ({info['reformation']['solver']}): mean relative output error "
                    f"{sum(e['dropped'] for e in errs) / len(errs):.4f} -> {sum(e['reformed'] for e in errs) / len(errs):.4f}")
     if out.perplexity_before is not None:
-        click.echo(f"perplexity ({eval_source}): {out.perplexity_before:.3f} -> {out.perplexity_after:.3f}")
+        click.echo(f"perplexity ({config.evaluation}): {out.perplexity_before:.3f} -> {out.perplexity_after:.3f}")
+    work = config.method_options.get("checkpoint_dir")
     if work:
         click.echo(f"search log in {Path(work) / LOG}")
     click.echo(f"export written to {out.export_path}" if out.export_path else "no --output given: nothing exported")
@@ -109,11 +87,7 @@ def show(work, as_json):
         return
     keys = ["generation", "evaluated", "duplicates", "out_of_budget", "best", "best_cost_ratio", "seconds",
             "evaluations_per_second"]
-    rows = [[f"{g[k]:.4f}" if isinstance(g[k], float) and k == "best" else str(g[k]) for k in keys] for g in lines]
-    widths = [max(len(k), *(len(r[i]) for r in rows)) for i, k in enumerate(keys)]
-    click.echo("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    echo_table([[f"{g[k]:.4f}" if isinstance(g[k], float) and k == "best" else g[k] for k in keys] for g in lines], keys)
     state = Path(work) / STATE
     planned = json.loads(state.read_text()).get("generations") if state.exists() else None
     last = lines[-1]["generation"] if lines else -1

@@ -10,9 +10,11 @@ fitness never sees the text the weights were fitted on.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from amoeba_plugin.errors import AmoebaError, DataError
 from amoeba_plugin.methods import Method, PruneResult
+from amoeba_plugin.options import MethodOptions, option, option_like
 
 from .init import prepare_start
 from .operators import DEPTH_RULES, MASK_MODES, Variation
@@ -36,6 +38,78 @@ def _range(value, name: str):
     return low, high
 
 
+@dataclass
+class SearchLLMOptions(MethodOptions):
+    """The options of ``searchllm``; the search's own settings come from :class:`SearchConfig` (its
+    defaults), the population ones from the preset unless given."""
+
+    preset: str = option("paper", "population settings: paper (100 per generation, top 10, 50 generations), "
+                                  "quick or smoke", choices=tuple(PRESETS))
+    search: bool = option(True, "run the search (false: keep the salient-weight start, evaluated once)")
+    population: int | None = option(None, "candidates per generation (default: the preset's; mutation and "
+                                          "crossover keep the preset's shares)")
+    mutation: int | None = option(None, "children of one parent per generation (default: the preset's)")
+    crossover: int | None = option(None, "children of two parents per generation (default: the preset's)")
+    top_k: int | None = option(None, "parents kept (default: the preset's)")
+    generations: int | None = option(None, "generations after the first (default: the preset's)")
+    p0_ratio: float = option_like(SearchConfig, "p0_ratio")
+    p0_mask: float = option_like(SearchConfig, "p0_mask")
+    p_ratio: float = option_like(SearchConfig, "p_ratio")
+    p_mask: float = option_like(SearchConfig, "p_mask")
+    p_depth: float = option_like(SearchConfig, "p_depth")
+    max_tries: int = option_like(SearchConfig, "max_tries")
+    tolerance: float = option_like(SearchConfig, "tolerance")
+    seed: int | None = option(None, "seed of the search (default: the run's seed)")
+    fitness: str = option("perplexity", "what scores a candidate: perplexity, loss or lm-eval:TASK")
+    fitness_windows: int = option(8, "calibration windows kept aside to score candidates (and nothing else)", ge=1)
+    fitness_seq_len: int | None = option(None, "score on the first tokens of each fitness window only "
+                                               "(default: the whole window)", ge=2)
+    fitness_options: dict = option({}, "options of the fitness scorer or evaluator, e.g. {\"num_questions\": 64}")
+    attention_range: tuple[float, float] | None = option(
+        None, "LOW,HIGH: the range of head-channel ratios the search may use (default: the space's)",
+        parse=lambda text: _range(text, "attention_range"))
+    mlp_range: tuple[float, float] | None = option(
+        None, "LOW,HIGH: the range of MLP-channel ratios the search may use (default: the space's)",
+        parse=lambda text: _range(text, "mlp_range"))
+    min_depth: int | None = option(None, "fewest layers a candidate may keep (default: the space's)", ge=1)
+    keep_last: int = option(1, "last layers a depth mutation never removes", ge=0)
+    mlp_multiple: int = option(1, "MLP widths are multiples of this", ge=1)
+    mask_mutation: str = option("constructive", "constructive (always mutates) or paper_literal (the paper's "
+                                                "rejection test)", choices=MASK_MODES)
+    alpha: float = option(0.8, "kept overlap of a mutated mask with the old one", ge=0, le=1)
+    eta: int = option(1000, "paper_literal: draws before a mask mutation gives up", ge=1)
+    depth_rule: str = option("influence", "which layer a depth mutation removes", choices=DEPTH_RULES)
+    saliency_damping: float = option(0.01, "damping of the OBS saliency's Hessian", ge=0)
+    evaluation: str = option("masked", "score candidates by masks on the shared model, or on a sliced copy",
+                             choices=EVALUATIONS)
+    reformation: str = option("exact", "refit o_proj/down_proj after the search: exact least squares, admm or "
+                                       "none", choices=REFORMATIONS)
+    reformation_inputs: str = option("sequential", "inputs of the refit: the pruned model's (sequential) or the "
+                                                   "dense model's", choices=("sequential", "dense"))
+    damping: float = option(0.01, "damping of the reformation's least squares", ge=0)
+    rho: float = option(1.0, "ADMM penalty", gt=0)
+    admm_iterations: int = option(30, "ADMM iterations", ge=1)
+    batch_size: int = option(8, "calibration windows per forward pass", ge=1)
+    checkpoint_dir: str | None = option(None, "search directory (log, checkpoint, plot); a rerun resumes there")
+    restart: bool = option(False, "delete the checkpoint in checkpoint_dir and start again")
+
+    def __post_init__(self):
+        """Every option value that can be checked before the model loads (``preflight`` builds this)."""
+        if self.preset not in PRESETS:
+            raise AmoebaError(f"unknown search preset '{self.preset}'", f"use one of: {', '.join(PRESETS)}")
+        super().__post_init__()
+        from amoeba_plugin.eval.scorers import check_spec
+
+        check_spec(self.fitness, "fitness")
+        self.search_config()
+
+    def search_config(self, seed: int = 0) -> SearchConfig:
+        """The search settings: the preset, the options given, the search's defaults; ``seed`` (the
+        run's) unless the options set one."""
+        return SearchConfig.from_preset(self.preset, **{k: getattr(self, k) for k in SEARCH_KEYS},
+                                        tolerance=self.tolerance, seed=self.seed if self.seed is not None else seed)
+
+
 class SearchLLMMethod(Method):
     """Search for Efficient LLMs: OBS-initialised masks, evolutionary search over per-KV-group head
     channels, MLP channels and depth under a parameter ceiling, then least-squares reformation."""
@@ -45,72 +119,34 @@ class SearchLLMMethod(Method):
                    "budget, reformation of o_proj/down_proj")
     capabilities = frozenset({"depth", "width", "calibration", "changes_weights"})
     budget_kinds = ("params", "nonembed", "count", "macs")
-    default_options = {
-        "preset": "paper", "search": True, **{k: None for k in SEARCH_KEYS}, "tolerance": 0.02, "seed": None,
-        "fitness": "perplexity", "fitness_windows": 8, "fitness_seq_len": None, "fitness_options": {},
-        "attention_range": None, "mlp_range": None, "min_depth": None, "keep_last": 1, "mlp_multiple": 1,
-        "mask_mutation": "constructive", "alpha": 0.8, "eta": 1000, "depth_rule": "influence",
-        "saliency_damping": 0.01, "evaluation": "masked",
-        "reformation": "exact", "reformation_inputs": "sequential", "damping": 0.01, "rho": 1.0,
-        "admm_iterations": 30, "batch_size": 8, "checkpoint_dir": None, "restart": False,
-    }
-
-    def check_options(self, options: dict) -> None:
-        """Every option value that can be checked before the model loads (``preflight`` calls this)."""
-        super().check_options(options)
-        self.search_config({**self.default_options, **options})
-
-    def search_config(self, options: dict) -> SearchConfig:
-        """The search settings of the full ``options``, or the error naming the bad one."""
-        for key, allowed in (("reformation", REFORMATIONS), ("mask_mutation", MASK_MODES), ("evaluation", EVALUATIONS),
-                             ("depth_rule", DEPTH_RULES), ("reformation_inputs", ("sequential", "dense"))):
-            if options[key] not in allowed:
-                raise AmoebaError(f"unknown {key} '{options[key]}'", f"use one of: {', '.join(allowed)}")
-        if options["preset"] not in PRESETS:
-            raise AmoebaError(f"unknown search preset '{options['preset']}'", f"use one of: {', '.join(PRESETS)}")
-        n = options["fitness_windows"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise AmoebaError(f"fitness_windows must be a positive integer, got {n!r}", "pass fitness_windows=8")
-        length = options["fitness_seq_len"]
-        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 2):
-            raise AmoebaError(f"fitness_seq_len must be an integer >= 2 or None, got {length!r}",
-                              "pass fitness_seq_len=128 (the first tokens of each fitness window) or leave it out")
-        from amoeba_plugin.eval.scorers import check_spec
-
-        check_spec(options["fitness"], "fitness")
-        _range(options["attention_range"], "attention_range")
-        _range(options["mlp_range"], "mlp_range")
-        return SearchConfig.from_preset(options["preset"], **{k: options[k] for k in SEARCH_KEYS},
-                                        tolerance=options["tolerance"], seed=options["seed"] or 0)
+    options_class = SearchLLMOptions
 
     def prune(self, context) -> PruneResult:
         options = self.resolve_options(context)
-        if options["seed"] is None:
-            options["seed"] = context.seed
-        config = self.search_config(options)
+        config = options.search_config(seed=context.seed)
         windows = self.calibration_windows(context)
-        n_fit = options["fitness_windows"]
+        n_fit = options.fitness_windows
         if len(windows) <= n_fit:
             raise DataError(f"the search needs more calibration windows than its {n_fit} fitness windows "
-                            f"(got {len(windows)})", f"pass more calibration samples (e.g. --samples {4 * n_fit}) "
-                            "or fewer fitness_windows")
-        statistics, fitness_windows = windows[:-n_fit], windows[-n_fit:, : options["fitness_seq_len"]]
+                            f"(got {len(windows)})", f"pass more calibration samples (e.g. --calibration-samples "
+                            f"{4 * n_fit}) or fewer fitness_windows")
+        statistics, fitness_windows = windows[:-n_fit], windows[-n_fit:, : options.fitness_seq_len]
         model, anatomy = context.model, context.anatomy
         timings = {}
 
         t = time.perf_counter()
         start = prepare_start(model, anatomy, statistics, context.budget,
-                              attention_range=_range(options["attention_range"], "attention_range"),
-                              mlp_range=_range(options["mlp_range"], "mlp_range"), min_depth=options["min_depth"],
-                              keep_last=options["keep_last"], mlp_multiple=options["mlp_multiple"],
-                              damping=options["saliency_damping"], batch_size=options["batch_size"])
+                              attention_range=options.attention_range, mlp_range=options.mlp_range,
+                              min_depth=options.min_depth,
+                              keep_last=options.keep_last, mlp_multiple=options.mlp_multiple,
+                              damping=options.saliency_damping, batch_size=options.batch_size)
         space, cost, initial = start.space, start.cost, start.candidate
         timings["initialisation_seconds"] = round(time.perf_counter() - t, 3)
 
         scorer = self._scorer(context, options, fitness_windows)
-        variation = Variation(space, alpha=options["alpha"], mask_mode=options["mask_mutation"], eta=options["eta"],
-                              depth_rule=options["depth_rule"], influence=start.saliency.influence)
-        if options["evaluation"] == "sliced":
+        variation = Variation(space, alpha=options.alpha, mask_mode=options.mask_mutation, eta=options.eta,
+                              depth_rule=options.depth_rule, influence=start.saliency.influence)
+        if options.evaluation == "sliced":
             from amoeba_plugin.surgery import slice_model
 
             fitness = lambda c: scorer.score_model(slice_model(model, anatomy, c.to_plan(anatomy)))  # noqa: E731
@@ -118,12 +154,12 @@ class SearchLLMMethod(Method):
             fitness = lambda c: scorer(model, anatomy, c.to_plan(anatomy))  # noqa: E731
         search = EvolutionSearch(
             space, cost, variation, fitness, config,
-            higher_is_better=scorer.higher_is_better, work_dir=options["checkpoint_dir"],
-            describe={"fitness": scorer.describe(), "mask_mutation": options["mask_mutation"],
-                      "alpha": options["alpha"], "depth_rule": options["depth_rule"],
+            higher_is_better=scorer.higher_is_better, work_dir=options.checkpoint_dir,
+            describe={"fitness": scorer.describe(), "mask_mutation": options.mask_mutation,
+                      "alpha": options.alpha, "depth_rule": options.depth_rule,
                       "model": anatomy.fingerprint})
-        if options["search"]:
-            result = search.run(initial, restart=bool(options["restart"]))
+        if options.search:
+            result = search.run(initial, restart=bool(options.restart))
         else:  # the salient-weight start as it is: one evaluation, for its fitness
             fitness_of_start = search.score(initial)
             result = SearchResult(best=initial, fitness=fitness_of_start, initial_fitness=fitness_of_start, evaluated=1)
@@ -131,14 +167,14 @@ class SearchLLMMethod(Method):
 
         plan = result.best.to_plan(anatomy)
         patch, errors = None, {}
-        if options["reformation"] != "none":
+        if options.reformation != "none":
             from amoeba_plugin.pruning.reformation import reformation_patch
 
             t = time.perf_counter()
-            patch = reformation_patch(model, anatomy, plan, statistics, solver=options["reformation"],
-                                      damping=options["damping"], rho=options["rho"],
-                                      iterations=options["admm_iterations"], batch_size=options["batch_size"],
-                                      inputs=options["reformation_inputs"], report=errors) or None
+            patch = reformation_patch(model, anatomy, plan, statistics, solver=options.reformation,
+                                      damping=options.damping, rho=options.rho,
+                                      iterations=options.admm_iterations, batch_size=options.batch_size,
+                                      inputs=options.reformation_inputs, report=errors) or None
             timings["reformation_seconds"] = round(time.perf_counter() - t, 3)
         info = self._info(context, options, start, result, scorer, errors, timings, len(statistics))
         return PruneResult(plan, patch=patch, info=info)
@@ -151,10 +187,10 @@ class SearchLLMMethod(Method):
 
         evaluator = hook().amoeba_select_evaluator(method=self.name, context=context)
         if evaluator is not None:
-            return EvaluatorScorer(evaluator, context.tokenizer, **dict(options["fitness_options"]))
-        return build_scorer(options["fitness"], context.model, context.tokenizer, context.anatomy, fitness_windows,
-                            context.seed, "fitness", **{"batch_size": options["batch_size"],
-                                                        **dict(options["fitness_options"])})
+            return EvaluatorScorer(evaluator, context.tokenizer, **dict(options.fitness_options))
+        return build_scorer(options.fitness, context.model, context.tokenizer, context.anatomy, fitness_windows,
+                            context.seed, "fitness", **{"batch_size": options.batch_size,
+                                                        **dict(options.fitness_options)})
 
     @staticmethod
     def _info(context, options, start, result, scorer, errors, timings, n_statistics) -> dict:
@@ -163,13 +199,13 @@ class SearchLLMMethod(Method):
                 "nonembed": "blocks only (non-embedding parameters)", "macs": "MACs per token"}[context.budget.kind]
         summary = {
             "budget": str(context.budget), "budget_base": base, "target": cost.target,
-            "window": [round(cost.target * (1 - options["tolerance"])), round(cost.target)],
+            "window": [round(cost.target * (1 - options.tolerance)), round(cost.target)],
             "uniform_ratio": round(start.ratio, 6),
             "initial": {"pairs_per_group": start.pairs, "mlp_channels": start.channels, "cost": initial.cost(cost),
                         "fitness": result.initial_fitness},
             "best": {"cost": best.cost(cost), "cost_ratio": round(best.cost(cost) / cost.full, 6),
                      "fitness": result.fitness, **best.ratios()},
-            "fitness": scorer.describe(), "fitness_windows": options["fitness_windows"],
+            "fitness": scorer.describe(), "fitness_windows": options.fitness_windows,
             "statistics_windows": n_statistics, "space": start.space.describe(),
             "generations": len(result.history) and result.history[-1].generation, "evaluated": result.evaluated,
             "resumed_from_generation": result.resumed_from, **timings,
@@ -179,7 +215,7 @@ class SearchLLMMethod(Method):
             evaluated = sum(g.evaluated for g in ran)
             summary["evaluations_per_second"] = round(evaluated / result.seconds, 3) if evaluated else None
         if errors:
-            summary["reformation"] = {"solver": options["reformation"], "inputs": options["reformation_inputs"],
+            summary["reformation"] = {"solver": options.reformation, "inputs": options.reformation_inputs,
                                       "output_error": errors}
         return summary
 

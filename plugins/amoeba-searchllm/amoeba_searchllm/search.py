@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.options import Options, option
 from amoeba_plugin.progress import progress, report
 
 from .genome import Candidate
@@ -48,20 +49,22 @@ PRESETS = {
 
 
 @dataclass
-class SearchConfig:
-    population: int = 100
-    mutation: int = 50
-    crossover: int = 30
-    top_k: int = 10
-    generations: int = 50
-    p0_ratio: float = 0.3
-    p0_mask: float = 0.6
-    p_ratio: float = 0.1
-    p_mask: float = 0.3
-    p_depth: float = 0.1
-    tolerance: float = 0.02
-    max_tries: int = 50
-    seed: int = 0
+class SearchConfig(Options):
+    """The search's settings (the paper's in brackets); ``searchllm``'s options build it from a preset."""
+
+    population: int = option(100, "candidates per generation [100]")
+    mutation: int = option(50, "children of one parent per generation [50]")
+    crossover: int = option(30, "children of two parents per generation [30]")
+    top_k: int = option(10, "parents: the best candidates evaluated so far [10]")
+    generations: int = option(50, "generations after the first [50]")
+    p0_ratio: float = option(0.3, "ratio-mutation probability of generation 0 and the high-randomness mutants")
+    p0_mask: float = option(0.6, "mask-mutation probability of generation 0 and the high-randomness mutants")
+    p_ratio: float = option(0.1, "ratio-mutation probability of a mutation child")
+    p_mask: float = option(0.3, "mask-mutation probability of a mutation child")
+    p_depth: float = option(0.1, "probability that a child drops a layer")
+    tolerance: float = option(0.02, "how far below the budget a candidate may land (fraction of the budget)")
+    max_tries: int = option(50, "breeding attempts per child wanted before a generation gives up")
+    seed: int = option(0, "seed of the search's random generator")
 
     @classmethod
     def from_preset(cls, preset: str = "paper", **overrides) -> SearchConfig:
@@ -77,6 +80,7 @@ class SearchConfig:
         return cls(**values)
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("population", "top_k", "max_tries"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -8,59 +8,25 @@ import os
 
 import click
 
+from amoeba_plugin.cli.options import option_flags
 
-def _data_options(update_every: int):
+from .config import CPT_DATA_DEFAULTS, CPT_TRAIN_DEFAULTS, DataConfig, TrainConfig
+from .prune import PruneOptions
+
+#: the data flags' names where they are not the field's
+_DATA_FLAGS = {"domains": ("--domain",), "dynamic": ("--dynamic/--constant",), "clip": ("--clip/--no-clip",)}
+
+
+def _run_options(data_defaults: dict | None = None, train_defaults: dict | None = None):
+    """--output, --restart, the training flags (TrainConfig) and the data flags (DataConfig), as ``train`` and
+    ``data`` instances; ``*_defaults`` restate a default on purpose (continued pre-training's)."""
     def wrap(f):
-        for option in reversed([
-            click.option("--domain", "domains", multiple=True,
-                         help="NAME=TRAIN_SOURCE,HELD_OUT_SOURCE (repeat; default: sotu, brown, moby-dick)."),
-            click.option("--proportions", default=None, help="Initial proportions, one per domain (default: uniform)."),
-            click.option("--dynamic/--constant", default=True, show_default=True,
-                         help="Dynamic batch loading, or constant proportions."),
-            click.option("--update-every", type=int, default=update_every, show_default=True,
-                         help="Steps between proportion updates."),
-            click.option("--reference", default="source", show_default=True,
-                         help="source, scaling:FILE.json, model:PATH or NAME=LOSS,..."),
-            click.option("--heldout-windows", type=int, default=16, show_default=True,
-                         help="Held-out windows per domain for the updates."),
-            click.option("--no-clip", is_flag=True, help="Use the official code's unclipped loss gap."),
-        ]):
-            f = option(f)
-        return f
+        f = option_flags(DataConfig, into="data", build=True, defaults=data_defaults, decls=_DATA_FLAGS)(f)
+        f = click.option("--restart", is_flag=True, help="Ignore the checkpoint and start from step 0.")(f)
+        f = option_flags(TrainConfig, into="train", build=True, defaults=train_defaults)(f)
+        return click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+                            help="Run directory (checkpoint, log; the model goes to OUTPUT/model).")(f)
     return wrap
-
-
-def _train_options(lr: float, warmup: float):
-    def wrap(f):
-        for option in reversed([
-            click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
-                         help="Run directory (checkpoint, log; the model goes to OUTPUT/model)."),
-            click.option("--steps", type=int, default=200, show_default=True),
-            click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per process and micro-batch."),
-            click.option("--grad-accum", type=int, default=1, show_default=True),
-            click.option("--seq-len", type=int, default=256, show_default=True),
-            click.option("--lr", type=float, default=lr, show_default=True),
-            click.option("--warmup", type=float, default=warmup, show_default=True, help="Fraction of steps of LR warm-up."),
-            click.option("--save-every", type=int, default=50, show_default=True),
-            click.option("--log-every", type=int, default=10, show_default=True),
-            click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--restart", is_flag=True, help="Ignore the checkpoint and start from step 0."),
-        ]):
-            f = option(f)
-        return f
-    return wrap
-
-
-def _configs(o: dict):
-    from .config import DataConfig, TrainConfig
-
-    data = DataConfig(domains=list(o["domains"]) or DataConfig().domains, proportions=o["proportions"],
-                      dynamic=o["dynamic"], update_every=o["update_every"], reference=o["reference"],
-                      heldout_windows=o["heldout_windows"], clip=not o["no_clip"])
-    train = TrainConfig(steps=o["steps"], batch_size=o["batch_size"], grad_accum=o["grad_accum"], seq_len=o["seq_len"],
-                        lr=o["lr"], warmup=o["warmup"], save_every=o["save_every"], log_every=o["log_every"],
-                        seed=o["seed"])
-    return data, train
 
 
 def _report(summary: dict) -> None:
@@ -89,26 +55,15 @@ def sheared():
 @click.option("--target", "-t", required=True,
               help="shape=layers:6,heads:4,kv_heads:2,intermediate:384,hidden:192, "
                    "or a parameter budget (0.5, nonembed=0.4, count=3e6).")
-@click.option("--weights", type=click.Choice(["full", "frozen", "lora"]), default="full", show_default=True,
-              help="Train the weights with the masks, freeze them, or train LoRA adapters instead.")
-@click.option("--lora-rank", type=int, default=8, show_default=True)
-@click.option("--lora-alpha", type=float, default=16.0, show_default=True)
-@click.option("--mask-lr", type=float, default=1.0, show_default=True)
-@click.option("--lambda-lr", type=float, default=1.0, show_default=True)
-@click.option("--target-warmup", type=float, default=0.2, show_default=True, help="Fraction of steps the target ramps over.")
-@_train_options(lr=1e-4, warmup=0.1)
-@_data_options(update_every=50)
-def prune(model, target, weights, lora_rank, lora_alpha, mask_lr, lambda_lr, target_warmup, **o):
+@option_flags(PruneOptions, into="options", build=True)
+@_run_options()
+def prune(model, target, options, output, train, data, restart):
     """Targeted structured pruning of MODEL to --target; the result is OUTPUT/model.
 
     Several processes: `accelerate launch --num_processes 2 -m amoeba_sheared prune MODEL ...`."""
-    from .prune import PruneOptions
     from .run import prune as run
 
-    data, train = _configs(o)
-    options = PruneOptions(weights=weights, lora_rank=lora_rank, lora_alpha=lora_alpha, mask_lr=mask_lr,
-                           lambda_lr=lambda_lr, target_warmup=target_warmup)
-    summary = run(model, o["output"], target, data, train, options, restart=o["restart"])
+    summary = run(model, output, target, data, train, options, restart=restart)
     _report(summary)
     if summary.get("finished") and int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"shape {summary['target']} ({summary['stock']}, {summary['parameters']:,} parameters); "
@@ -119,29 +74,24 @@ def prune(model, target, weights, lora_rank, lora_alpha, mask_lr, lambda_lr, tar
 @click.argument("model")
 @click.option("--init", type=click.Choice(["pretrained", "random"]), default="pretrained", show_default=True,
               help="random: the same shape from scratch (a baseline).")
-@_train_options(lr=1e-4, warmup=0.03)
-@_data_options(update_every=400)
-def train_command(model, init, **o):
+@_run_options(data_defaults=CPT_DATA_DEFAULTS, train_defaults=CPT_TRAIN_DEFAULTS)
+def train_command(model, init, output, train, data, restart):
     """Continued pre-training of MODEL (e.g. OUTPUT/model of `sheared prune`) on the domain mixture."""
     from .run import pretrain
 
-    data, train = _configs(o)
-    _report(pretrain(model, o["output"], data, train, restart=o["restart"], init=init))
+    _report(pretrain(model, output, data, train, restart=restart, init=init))
 
 
 @sheared.command()
 @click.argument("model", required=False)
-@click.option("--domain", "domains", multiple=True, help="As for prune (default: sotu, brown, moby-dick).")
+@option_flags(DataConfig, include=("domains", "heldout_windows"), decls=_DATA_FLAGS)
 @click.option("--scaling", type=click.Path(exists=True, dir_okay=False), default=None,
               help='JSON {"parameters": [...], "losses": {"DOMAIN": [...]}} of a model family.')
 @click.option("--parameters", type=float, default=None, help="Model size to predict the losses for (with --scaling).")
-@click.option("--seq-len", type=int, default=256, show_default=True)
-@click.option("--heldout-windows", type=int, default=16, show_default=True)
+@option_flags(TrainConfig, include=("seq_len",))
 def reference(model, domains, scaling, parameters, seq_len, heldout_windows):
     """Reference losses: MODEL's held-out loss per domain, or a scaling-law fit (--scaling, --parameters)."""
     from amoeba_plugin.errors import AmoebaError
-
-    from .config import DataConfig
 
     if scaling:
         from .reference import fit_scaling_law, predict, read_family
@@ -162,8 +112,7 @@ def reference(model, domains, scaling, parameters, seq_len, heldout_windows):
     from .domains import load_domains
     from .run import reference_losses
 
-    data = DataConfig(domains=list(domains) or DataConfig().domains, reference=f"model:{model}",
-                      heldout_windows=heldout_windows)
+    data = DataConfig(domains=list(domains), reference=f"model:{model}", heldout_windows=heldout_windows)
     loaded, tokenizer = load_model(model)
     domains_ = load_domains(tokenizer, data.specs, seq_len, heldout_windows)
     losses = reference_losses(data, domains_, Accelerator(), source=loaded)

@@ -2,69 +2,59 @@
 any model loads), so a bad value fails at once with the fix."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
-from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.options import Options, option
 
 from .domains import DEFAULT_DOMAINS, parse_domains, parse_proportions
 from .reference import parse_reference
 
 
-def _positive_int(owner, *names):
-    for name in names:
-        value = getattr(owner, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise AmoebaError(f"{name} must be a positive integer, got {value!r}", f"set {name} to 1 or more")
+def parse_domain_list(text: str) -> list[str]:
+    """Domains written on one line: ``NAME=TRAIN,HELD_OUT;NAME=TRAIN,HELD_OUT`` (a spec holds a comma)."""
+    return [part.strip() for part in text.split(";") if part.strip()]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
     """The optimisation (Sheared's release settings for a 7B model on 8 GPUs in brackets)."""
 
-    steps: int = 200                # optimizer steps [3200 pruning, 48000 CPT]
-    batch_size: int = 8             # windows per process and micro-batch [4 pruning, 16 CPT per GPU]
-    grad_accum: int = 1
-    seq_len: int = 256              # [4096]
-    lr: float = 1e-4                # the model weights (or LoRA) [1e-4]
-    warmup: float = 0.1             # fraction of steps of linear LR warm-up [0.1 pruning, 0.03 CPT]
-    min_lr_ratio: float = 0.1       # cosine decay to this fraction of the peak [0.1]
-    weight_decay: float = 0.0       # [0]
-    max_grad_norm: float = 1.0      # [1.0]
-    save_every: int = 50
-    log_every: int = 10
-    seed: int = 0
-
-    def __post_init__(self):
-        _positive_int(self, "steps", "batch_size", "grad_accum", "save_every", "log_every")
-        if self.seq_len < 2 or self.lr <= 0 or not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
-            raise AmoebaError("seq_len must be >= 2, lr > 0, warmup in [0, 1) and min_lr_ratio in [0, 1]",
-                              "use e.g. --seq-len 256 --lr 1e-4 --warmup 0.1")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    steps: int = option(200, "optimizer steps [3200 pruning, 48000 CPT]", ge=1)
+    batch_size: int = option(8, "windows per process and micro-batch [4 pruning, 16 CPT per GPU]", ge=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step", ge=1)
+    seq_len: int = option(256, "tokens per training window [4096]", ge=2)
+    lr: float = option(1e-4, "learning rate of the model weights (or LoRA) [1e-4]", gt=0)
+    warmup: float = option(0.1, "fraction of steps of linear LR warm-up [0.1 pruning, 0.03 CPT]", ge=0, lt=1)
+    min_lr_ratio: float = option(0.1, "cosine decay to this fraction of the peak [0.1]", ge=0, le=1)
+    weight_decay: float = option(0.0, "AdamW weight decay [0]", ge=0)
+    max_grad_norm: float = option(1.0, "gradient clipping norm [1.0]", gt=0)
+    save_every: int = option(50, "steps between checkpoints", ge=1)
+    log_every: int = option(10, "steps between log lines", ge=1)
+    seed: int = option(0, "seed of the masks, the data order and the sampling")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Options):
     """The domains, their initial proportions, and dynamic batch loading."""
 
-    domains: list[str] = field(default_factory=lambda: list(DEFAULT_DOMAINS))
-    proportions: list[float] | None = None     # initial; None: uniform (CPT after pruning: pruning's final ones)
-    dynamic: bool = True                       # False: constant proportions (the code's update_type=constant)
-    update_every: int = 50                     # steps between updates [50 pruning, 400 CPT]
-    reference: str = "source"                  # see amoeba_sheared.reference
-    heldout_windows: int = 16                  # held-out windows per domain for the update [500 x 4096 tokens]
-    eta: float = 1.0
-    smoothing: float = 1e-4
-    clip: bool = True                          # the paper's max(l - l_ref, 0); False: the code's raw gap
+    domains: list[str] = option(list(DEFAULT_DOMAINS), "training domains, NAME=TRAIN_SOURCE,HELD_OUT_SOURCE each",
+                                parse=parse_domain_list)
+    proportions: list[float] | None = option(None, "initial proportions, one per domain (normalised); default "
+                                                   "uniform (CPT after pruning: pruning's final ones)")
+    dynamic: bool = option(True, "dynamic batch loading (false: constant proportions, the code's "
+                                 "update_type=constant)")
+    update_every: int = option(50, "steps between proportion updates [50 pruning, 400 CPT]", ge=1)
+    reference: str = option("source", "reference losses: source, scaling:FILE.json, model:PATH or NAME=LOSS,...")
+    heldout_windows: int = option(16, "held-out windows per domain for the updates [500 x 4096 tokens]", ge=1)
+    eta: float = option(1.0, "step size of the proportion update", gt=0)
+    smoothing: float = option(1e-4, "share of the uniform mixture mixed into every update", ge=0, lt=1)
+    clip: bool = option(True, "the paper's max(l - l_ref, 0); false: the official code's unclipped gap")
 
     def __post_init__(self):
+        super().__post_init__()
         specs = parse_domains(self.domains)
         self.domains = [str(s) for s in specs]
         self.proportions = parse_proportions(self.proportions, len(specs))
-        _positive_int(self, "update_every", "heldout_windows")
-        if not 0 <= self.smoothing < 1 or self.eta <= 0:
-            raise AmoebaError("smoothing must be in [0, 1) and eta > 0", "use the defaults (1e-4, 1.0)")
         parse_reference(self.reference)
 
     @property
@@ -75,8 +65,11 @@ class DataConfig:
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+#: continued pre-training's defaults where they differ from pruning's (Sheared's release: 3% warm-up,
+#: proportions updated every 400 steps); `run.pretrain` and `amoeba sheared train` both use them
+CPT_TRAIN_DEFAULTS = {"warmup": 0.03}
+CPT_DATA_DEFAULTS = {"update_every": 400}
 
 
-__all__ = ["DataConfig", "TrainConfig"]
+__all__ = ["CPT_DATA_DEFAULTS", "CPT_TRAIN_DEFAULTS", "DataConfig", "TrainConfig", "parse_domain_list"]

@@ -9,15 +9,45 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from dataclasses import dataclass
 
 from amoeba_plugin.methods import Method, PruneResult
+from amoeba_plugin.options import option, option_like
 
-from .config import DataConfig, TrainConfig
+from .config import DataConfig, TrainConfig, parse_domain_list
 from .domains import Domain, load_domains
 from .prune import PruneOptions, PruningStage
 from .run import BUDGET_KINDS, reference_losses
 from .target import nearest_shape, shape_plan
 from .trainer import RunDir, train
+
+
+@dataclass
+class ShearedOptions(PruneOptions):
+    """The options of the ``sheared`` method: the pruning stage's (:class:`PruneOptions`) plus the
+    training and data settings it takes from :class:`TrainConfig` and :class:`DataConfig`, whose
+    fields (help, checks, defaults) they are. Two defaults differ on purpose from `amoeba sheared
+    prune`'s: in process the stage trains on the run's calibration windows (32 by default), so it
+    takes 50 steps of 4 windows, not 200 of 8 (about 6 passes over them instead of 50)."""
+
+    steps: int = option_like(TrainConfig, "steps", 50)
+    batch_size: int = option_like(TrainConfig, "batch_size", 4)
+    lr: float = option_like(TrainConfig, "lr")
+    warmup: float = option_like(TrainConfig, "warmup")
+    domains: list[str] | None = option(None, "train on these domains with dynamic batch loading "
+                                             "(NAME=TRAIN_SOURCE,HELD_OUT_SOURCE, ';' between domains); "
+                                             "default: the run's calibration windows as one domain",
+                                       parse=parse_domain_list)
+    dynamic: bool = option_like(DataConfig, "dynamic")
+    update_every: int = option_like(DataConfig, "update_every")
+    reference: str = option_like(DataConfig, "reference")
+    seq_len: int = option_like(TrainConfig, "seq_len", help="tokens per training window, with domains (the "
+                                                            "calibration windows keep their own length)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.domains:
+            DataConfig(**self.pick(DataConfig))  # the domain specs and the reference, before the model loads
 
 
 class ShearedMethod(Method):
@@ -30,10 +60,7 @@ class ShearedMethod(Method):
                    "shape for a parameter budget), weights trained jointly; exports as a stock HF model")
     capabilities = frozenset({"depth", "width", "hidden", "calibration", "trains", "changes_weights"})
     budget_kinds = BUDGET_KINDS
-    default_options = {"steps": 50, "batch_size": 4, "lr": 1e-4, "warmup": 0.1, "weights": "full", "mask_lr": 1.0,
-                       "lambda_lr": 1.0, "target_warmup": 0.2, "lora_rank": 8, "lora_alpha": 16.0,
-                       "domains": None, "dynamic": True, "update_every": 50, "reference": "source",
-                       "seq_len": 256}
+    options_class = ShearedOptions
 
     def prune(self, context):
         from accelerate import Accelerator
@@ -42,22 +69,17 @@ class ShearedMethod(Method):
 
         from .fold import finalize
 
-        o = self.resolve_options(context)
-        options = PruneOptions(weights=o["weights"], lora_rank=o["lora_rank"], lora_alpha=o["lora_alpha"],
-                               mask_lr=o["mask_lr"], lambda_lr=o["lambda_lr"], target_warmup=o["target_warmup"])
+        options = self.resolve_options(context)
         shape = nearest_shape(context.anatomy, context.model.config, context.budget)
-        if o["domains"]:
-            data = DataConfig(domains=o["domains"], dynamic=o["dynamic"], update_every=o["update_every"],
-                              reference=o["reference"])
-            seq_len = o["seq_len"]
+        if options.domains:
+            data, seq_len = DataConfig(**options.pick(DataConfig)), options.seq_len
             domains = load_domains(context.tokenizer, data.specs, seq_len, data.heldout_windows)
         else:  # the calibration windows as one domain; the loop reads only data's update settings
             windows = self.calibration_windows(context)
             data, seq_len = DataConfig(dynamic=False), windows.shape[1]
             domains = [Domain("calibration", windows, windows[:1])]
-        train_config = TrainConfig(steps=o["steps"], batch_size=o["batch_size"], lr=o["lr"], warmup=o["warmup"],
-                                   seq_len=seq_len, save_every=o["steps"], log_every=max(1, o["steps"] // 10),
-                                   seed=context.seed)
+        train_config = TrainConfig(**{**options.pick(TrainConfig), "seq_len": seq_len, "save_every": options.steps,
+                                      "log_every": max(1, options.steps // 10), "seed": context.seed})
         model = copy.deepcopy(context.model)  # the shared model stays as it was
         anatomy = anatomy_of(model)
         accelerator = Accelerator()
@@ -76,4 +98,4 @@ class ShearedMethod(Method):
         return PruneResult(plan, patch=patch, model=final, info=info)
 
 
-__all__ = ["ShearedMethod"]
+__all__ = ["ShearedMethod", "ShearedOptions"]

@@ -10,11 +10,11 @@ linear instead of the weights (merged before folding), for memory that cannot ho
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.options import Options, option
 
 from .masked import MaskedModel, inner_model
 from .masks import Lagrangian, ShearingMasks
@@ -25,25 +25,16 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclass
-class PruneOptions:
+class PruneOptions(Options):
     """What the pruning stage learns besides the weights' LR (official values in brackets)."""
 
-    weights: str = "full"           # full | frozen | lora [full]
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    mask_lr: float = 1.0            # [1.0]
-    lambda_lr: float = 1.0          # [1.0, as a negative lr]
-    target_warmup: float = 0.2      # fraction of steps [640 of 3200]
-
-    def __post_init__(self):
-        if self.weights not in WEIGHTS:
-            raise AmoebaError(f"unknown weights mode '{self.weights}'", f"use one of: {', '.join(WEIGHTS)}")
-        if self.mask_lr <= 0 or self.lambda_lr <= 0 or not 0 <= self.target_warmup <= 1 or self.lora_rank < 1:
-            raise AmoebaError("mask_lr and lambda_lr must be > 0, target_warmup in [0, 1], lora_rank >= 1",
-                              "use e.g. --mask-lr 1 --lambda-lr 1 --target-warmup 0.2")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    weights: str = option("full", "train the weights with the masks (full), freeze them (frozen), or train LoRA "
+                                  "adapters instead (lora) [full]", choices=WEIGHTS)
+    lora_rank: int = option(8, "rank of the LoRA adapters (weights=lora)", ge=1)
+    lora_alpha: float = option(16.0, "alpha of the LoRA adapters (weights=lora)")
+    mask_lr: float = option(1.0, "learning rate of the mask logits [1.0]", gt=0)
+    lambda_lr: float = option(1.0, "learning rate of the Lagrange multipliers [1.0, as a negative lr]", gt=0)
+    target_warmup: float = option(0.2, "fraction of steps the target sparsity ramps over [640 of 3200]", ge=0, le=1)
 
 
 def _lora(model, anatomy, options: PruneOptions):

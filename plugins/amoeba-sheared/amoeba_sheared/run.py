@@ -15,7 +15,7 @@ import torch
 from amoeba_plugin.budget import Budget
 from amoeba_plugin.errors import AmoebaError, DataError, InvalidBudgetError
 
-from .config import DataConfig, TrainConfig
+from .config import CPT_DATA_DEFAULTS, CPT_TRAIN_DEFAULTS, DataConfig, TrainConfig
 from .domains import load_domains
 from .prune import PruneOptions, PruningStage
 from .reference import check_values, parse_reference, scaling_reference
@@ -222,8 +222,8 @@ def pretrain(model: str, output, data: DataConfig | None = None, train_config: T
 
     from .pretrain import PretrainingStage
 
-    data = data or DataConfig(update_every=400)
-    train_config = train_config or TrainConfig(warmup=0.03)
+    data = data or DataConfig(**CPT_DATA_DEFAULTS)
+    train_config = train_config or TrainConfig(**CPT_TRAIN_DEFAULTS)
     if init not in ("pretrained", "random"):
         raise AmoebaError(f"unknown init '{init}'", "use pretrained or random")
     model_config(model)

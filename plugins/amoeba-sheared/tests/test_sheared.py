@@ -363,6 +363,38 @@ def test_bad_input_fails_before_anything_loads_or_is_written(tmp_path):
     assert not out.exists()
 
 
+def test_method_options_are_checked_before_loading_and_each_default_is_stated_once():
+    from dataclasses import fields
+
+    from amoeba_sheared.config import CPT_DATA_DEFAULTS, CPT_TRAIN_DEFAULTS
+    from amoeba_sheared.method import ShearedOptions
+
+    from amoeba_plugin.api import PruningConfig, preflight
+
+    for options, fragment in (({"steps": -1}, "steps must be >= 1"), ({"weights": "half"}, "unknown weights"),
+                              ({"domains": ["x=nosuch:train,sotu:validation"]}, "no text source"),
+                              ({"warmup": 1}, "warmup must be in")):
+        with pytest.raises(AmoebaError, match=fragment):
+            preflight(PruningConfig(method="sheared", budget="0.5", method_options=options))
+    # in process the stage trains on the calibration windows: 50 steps of 4, not the command's 200 of 8
+    method, command = ShearedOptions(), TrainConfig()
+    assert (method.steps, method.batch_size, command.steps, command.batch_size) == (50, 4, 200, 8)
+    shared = {f.name for f in fields(TrainConfig)} & {f.name for f in fields(ShearedOptions)} - {"steps", "batch_size"}
+    assert shared and all(getattr(method, n) == getattr(command, n) for n in shared)
+    data = DataConfig()
+    assert all(getattr(method, n) == getattr(data, n) for n in ("dynamic", "update_every", "reference"))
+    assert method.to_dict().items() >= PruneOptions().to_dict().items()
+    assert TrainConfig(**CPT_TRAIN_DEFAULTS).warmup == 0.03 and DataConfig(**CPT_DATA_DEFAULTS).update_every == 400
+    help_text = CliRunner().invoke(_cli(), ["sheared", "train", "--help"]).output
+    assert "[default: 0.03]" in help_text and "[default: 400]" in help_text and "[default: 200]" in help_text
+
+
+def _cli():
+    from amoeba_plugin.cli.main import cli
+
+    return cli
+
+
 def test_cli_prune_errors_in_one_line_and_leaves_no_directory(tmp_path):
     from amoeba_plugin.cli.main import cli
 
