@@ -183,7 +183,7 @@ def run_method(method, context, data: RunData | None = None, *, config: Any = No
     if record:
         plan.provenance.setdefault("data", record)
 
-    options = {**getattr(method, "default_options", {}), **(context.options or {})}
+    options = method.resolve_options(context).to_dict()  # the run's options, defaults filled in
     hook().amoeba_on_plan(plan=plan, context={"method": method.name, "budget": context.budget, "anatomy": anatomy,
                                               "model": base, "config": config, "options": options})
     plan.validate(anatomy)

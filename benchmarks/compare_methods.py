@@ -30,6 +30,7 @@ import shlex
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch

@@ -227,6 +227,8 @@ def test_a_prune_resolves_each_text_spec_once(monkeypatch, tmp_path):
     check, the provenance record and the export all reuse those (a resolved TextSpec costs nothing)."""
     import collections
 
+    import sys
+
     import amoeba_plugin.data as data
 
     resolve = data.resolve_source
@@ -237,7 +239,9 @@ def test_a_prune_resolves_each_text_spec_once(monkeypatch, tmp_path):
             looked_up[str(spec)] += 1
         return resolve(spec, purpose)
 
-    monkeypatch.setattr(data, "resolve_source", counting)
+    for module in [m for name, m in sys.modules.items() if name.startswith("amoeba_plugin")]:
+        if getattr(module, "resolve_source", None) is resolve:  # every module that bound the function
+            monkeypatch.setattr(module, "resolve_source", counting)
     pruner = AmoebaPruner.from_pretrained("amoeba-tiny-sotu")
     config = PruningConfig(method="uniform-magnitude", budget="0.8", method_options={"metric": "wanda-sp"},
                            calibration="sotu:train", calibration_samples=2, calibration_seq_len=32,
