@@ -40,16 +40,19 @@ _FALSE_WORDS = ("false", "no", "off", "0")
 
 
 def option(default: Any = MISSING, help: str = "", choices=None, *, default_factory: Callable[[], Any] | Any = MISSING,
-           ge=None, gt=None, le=None, lt=None, parse: Callable[[str], Any] | None = None) -> Any:
+           ge=None, gt=None, le=None, lt=None, parse: Callable[[str], Any] | None = None,
+           registry: str | None = None) -> Any:
     """A dataclass field with its default, help text and checks, stated once.
 
     A mutable default (list, dict, set) is copied for every instance. ``choices`` limits the value
     (each item, for a list); ``ge``/``gt``/``le``/``lt`` bound a number; ``parse`` reads a string
     value (from the command line) when the generic coercion cannot, e.g. widths written ``1,3/4``.
+    ``registry`` (e.g. ``"metrics"``) names a plugin registry the value must be registered in, so a
+    mistyped metric name fails with the options, before any model loads.
     """
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None,
                 "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None},
-                "parse": parse}
+                "parse": parse, "registry": registry}
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     if isinstance(default, (list, dict, set)):
@@ -262,6 +265,11 @@ def check_field(owner: type, f: dataclasses.Field, value):
         for item in (value if isinstance(value, (list, tuple, set, frozenset)) else [value]):
             if item not in choices:
                 raise AmoebaError(f"unknown {f.name} '{item}'", f"use one of: {', '.join(map(str, choices))}")
+    kind = f.metadata.get("registry")
+    if kind and value is not None:
+        from .plugins import get
+
+        get(kind, value)  # an unknown name raises UnknownNameError, listing the registered ones
     bounds = f.metadata.get("bounds") or {}
     if bounds and value is not None:
         for item in (value if isinstance(value, (list, tuple)) else [value]):
@@ -359,6 +367,8 @@ def describe_options(cls: type) -> dict:
             record["choices"] = list(f.metadata["choices"])
         if f.metadata.get("bounds"):
             record["bounds"] = dict(f.metadata["bounds"])
+        if f.metadata.get("registry"):
+            record["registry"] = f.metadata["registry"]
         out[f.name] = record
     return out
 

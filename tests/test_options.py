@@ -267,3 +267,21 @@ def test_an_annotation_that_cannot_be_resolved_takes_values_as_given():
 
     Odd = dataclasses.make_dataclass("Odd", [("thing", "NoSuchType", option(1, "x"))], bases=(MethodOptions,))
     assert Odd(thing="anything").thing == "anything"
+
+
+def test_a_registry_option_refuses_an_unregistered_name_before_any_model_loads():
+    """``option(..., registry="metrics")``: a mistyped metric is an options error, not one after loading."""
+    import dataclasses
+
+    from amoeba_plugin.api import PruningConfig, preflight
+    from amoeba_plugin.errors import UnknownNameError
+    from amoeba_plugin.options import describe_options
+
+    Scored = dataclasses.make_dataclass("Scored", [("metric", str, option("magnitude", "x", registry="metrics"))],
+                                        bases=(MethodOptions,))
+    assert Scored(metric="wanda-sp").metric == "wanda-sp"
+    with pytest.raises(UnknownNameError, match="no metric named 'nosuch'"):
+        Scored(metric="nosuch")
+    assert describe_options(Scored)["metric"]["registry"] == "metrics"
+    with pytest.raises(UnknownNameError, match="nosuch"):
+        preflight(PruningConfig(method="uniform-magnitude", method_options={"metric": "nosuch"}))

@@ -13,7 +13,8 @@ from ..methods import Method, MethodOptions, PruneResult, PruningContext, option
 class UniformWidthOptions(MethodOptions):
     """Options of :class:`UniformWidthMethod` (subclasses change the ``metric`` default)."""
 
-    metric: str = option("magnitude", "metric scoring query heads and MLP channels (see `amoeba plugins`)")
+    metric: str = option("magnitude", "metric scoring query heads and MLP channels (see `amoeba plugins`)",
+                         registry="metrics")
     keep_layers: list[int] = option([], "layers left whole, e.g. 0,-1 (the first and the last)")
 
 

@@ -44,7 +44,7 @@ class SelectionConfig(MethodOptions):
                                                        "[1, 7/8, 3/4, 5/8]", parse=parse_widths)
     allocation: str = option("global", "global: FLAP per-layer widths; uniform: the same width in every layer "
                                        "(stock HF exports)", choices=ALLOCATIONS)
-    width_metric: str = option("fluctuation", "metric ranking the width channels")
+    width_metric: str = option("fluctuation", "metric ranking the width channels", registry="metrics")
     bias_compensation: bool = option(True, "fold the mean contribution of removed channels into output biases")
 
     def __post_init__(self):

@@ -12,7 +12,7 @@ from amoeba_plugin.pruning.compensation import output_bias_compensation
 @dataclass
 class FLAPOptions(MethodOptions):
     metric: str = option("fluctuation", "linear metric scoring the o_proj/down_proj columns "
-                                        "(fluctuation, wanda-sp, magnitude, obs or taylor)")
+                                        "(fluctuation, wanda-sp, magnitude, obs or taylor)", registry="metrics")
     bias_compensation: bool = option(True, "fold the mean contribution of removed channels into an output bias")
     batch_size: int = option(8, "calibration windows per forward pass of the statistics", ge=1)
 

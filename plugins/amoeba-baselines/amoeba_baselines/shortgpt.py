@@ -10,7 +10,8 @@ from amoeba_plugin.pruning.allocation import unreachable
 
 @dataclass
 class ShortGPTOptions(MethodOptions):
-    metric: str = option("block-influence", "metric scoring layers, e.g. block-influence or removal-loss")
+    metric: str = option("block-influence", "metric scoring layers, e.g. block-influence or removal-loss",
+                         registry="metrics")
     angular: bool = option(False, "Gromov et al.'s angular distance instead of 1 - cos (passed to the metric)")
 
 
