@@ -184,11 +184,13 @@ def export_with_config(exporter_name: str, request, destination, overwrite: bool
 
 
 class Preflight(NamedTuple):
-    """What :func:`preflight` checked: the method, the parsed budget and the run's resolved text."""
+    """What :func:`preflight` checked: the method, the parsed budget, the run's resolved text and the
+    method's typed options (built once; the method's ``resolve_options`` returns this instance)."""
 
     method: Any
     budget: Budget
     data: RunData
+    options: Any = None
 
 
 def preflight(config: PruningConfig, save_directory=None, overwrite: bool = False, evaluate: bool = False,
@@ -204,7 +206,7 @@ def preflight(config: PruningConfig, save_directory=None, overwrite: bool = Fals
     budget = config.budget_spec
     method = get("methods", config.method)
     method.check_budget(budget)
-    method.build_options(config.method_options)  # names, types and values: a bad option fails here
+    options = method.build_options(config.method_options)  # names, types and values: a bad option fails here
     needs_data = "calibration" in getattr(method, "capabilities", ())
     if needs_data and config.calibration is None:
         raise DataError(f"method '{method.name}' needs calibration data and calibration is off",
@@ -224,7 +226,7 @@ def preflight(config: PruningConfig, save_directory=None, overwrite: bool = Fals
 
         get("exporters", config.exporter)
         check_destination(save_directory, overwrite)
-    return Preflight(method, budget, data)
+    return Preflight(method, budget, data, options)
 
 
 def run_data(config: PruningConfig, evaluation: str | None = None) -> RunData:
@@ -291,13 +293,14 @@ class AmoebaPruner:
             config = PruningConfig()
         elif isinstance(config, dict):
             config = PruningConfig.from_dict(config)
-        method, budget, data = preflight(config, save_directory, overwrite, evaluate, self.tokenizer is not None)
+        method, budget, data, options = preflight(config, save_directory, overwrite, evaluate,
+                                                  self.tokenizer is not None)
 
         windows = data.cut_evaluation_windows(self.tokenizer) if data.evaluation is not None else None
         ppl_before = self._perplexity(self.model, windows, data) if windows is not None else None
 
         context = PruningContext(model=self.model, tokenizer=self.tokenizer, anatomy=self.anatomy, budget=budget,
-                                 options=dict(config.method_options), seed=config.seed,
+                                 options=options, seed=config.seed,
                                  calibration=data.calibration_provider(self.tokenizer))
         run = run_method(method, context, data, config=config)
         sliced = run.slice()

@@ -23,8 +23,9 @@ class PruningContext:
     tokenizer: Any
     anatomy: Anatomy
     budget: Budget
-    #: the run's options as the user gave them (a mapping); :meth:`Method.resolve_options` types them
-    options: dict = field(default_factory=dict)
+    #: the run's options: a mapping as the user gave them, or the instance ``preflight`` built;
+    #: :meth:`Method.resolve_options` returns the typed instance either way
+    options: Mapping | MethodOptions = field(default_factory=dict)
     seed: int = 0
     #: returns calibration windows (LongTensor [n, seq_len]); only called by methods that need them
     calibration: Callable[[], Any] | None = None

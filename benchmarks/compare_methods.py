@@ -498,8 +498,8 @@ def run(args, log) -> int:
                                    calibration_samples=args.calibration_samples,
                                    calibration_seq_len=args.calibration_seq_len, seed=args.seed, evaluation=None,
                                    method_options=options.get(name, {}))
-            method, checked, _ = preflight(config)  # builds the method's options: names and values checked
-            jobs.append((method, checked, options.get(name, {}), config))
+            checked = preflight(config)  # builds the method's options: names and values checked
+            jobs.append((checked.method, checked.budget, options.get(name, {}), config))
     tasks = split_list(args.lm_eval_tasks) if args.lm_eval_tasks else []
     harness = Harness(args, log)
     if tasks:

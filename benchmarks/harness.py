@@ -155,13 +155,6 @@ def split_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(sep) if item.strip()]
 
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def _json(text: str, what: str, fix: str):
     try:
         return json.loads(text)
