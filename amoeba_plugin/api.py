@@ -36,10 +36,13 @@ def _budget_text(budget: Budget) -> str | dict:
     return f"{budget.kind}={budget.value!r}"
 
 
-def _optional_source(value: str | None) -> str | None:
+def _optional_source(value: str | None, name: str = "source") -> str | None:
     if value is None:
         return None
-    value = str(value).strip()
+    if not isinstance(value, str):
+        raise AmoebaError(f"{name} must be a text source name, got {value!r}",
+                          f"pass {name} as a string such as 'sotu:train' or 'file:PATH', or None for off")
+    value = value.strip()
     return None if value.lower() in ("", "none", "null", "off") else value
 
 
@@ -72,11 +75,17 @@ class PruningConfig:
         if isinstance(self.budget, dict):
             self.budget = Budget.from_dict(self.budget)
         self.budget_spec  # parse now: an invalid budget raises InvalidBudgetError here
-        self.calibration = _optional_source(self.calibration)
-        self.evaluation = _optional_source(self.evaluation)
+        self.calibration = _optional_source(self.calibration, "calibration")
+        self.evaluation = _optional_source(self.evaluation, "evaluation")
         if not isinstance(self.method, str) or not self.method:
             raise AmoebaError(f"method must be a non-empty name, got {self.method!r}",
                               "pass a method name (see `amoeba methods`)")
+        if not isinstance(self.exporter, str) or not self.exporter:
+            raise AmoebaError(f"exporter must be a non-empty name, got {self.exporter!r}",
+                              "pass an exporter name, or 'auto'")
+        if not isinstance(self.allow_calibration_overlap, bool):
+            raise AmoebaError(f"allow_calibration_overlap must be true or false, got {self.allow_calibration_overlap!r}",
+                              "pass True or False")
         for name, low in (("calibration_samples", 1), ("calibration_seq_len", 2), ("evaluation_windows", 1),
                           ("evaluation_seq_len", 2), ("seed", 0)):
             value = getattr(self, name)
@@ -141,11 +150,9 @@ class PruningConfig:
         if not path.is_file():
             raise AmoebaError(f"no pruning config at {path}",
                               f"pass a directory holding {CONFIG_NAME} or the path of a JSON file")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AmoebaError(f"{path} is not valid JSON ({exc})", "fix or regenerate the file") from None
-        return cls.from_dict(data)
+        from .statefiles import read_json
+
+        return cls.from_dict(read_json(path, "pruning config", "fix or regenerate the file", expect=None))
 
 
 @dataclass
@@ -207,6 +214,9 @@ def preflight(config: PruningConfig, save_directory=None, overwrite: bool = Fals
     method = get("methods", config.method)
     method.check_budget(budget)
     options = method.build_options(config.method_options)  # names, types and values: a bad option fails here
+    check_run = getattr(method, "check_run", None)
+    if check_run is not None:  # e.g. a checkpoint to resume made with other settings: before the model loads
+        check_run(budget, options, config.seed)
     needs_data = "calibration" in getattr(method, "capabilities", ())
     if needs_data and config.calibration is None:
         raise DataError(f"method '{method.name}' needs calibration data and calibration is off",

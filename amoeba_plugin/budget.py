@@ -8,6 +8,7 @@ Methods state which kinds they accept and reject the others with a clear error.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from .cost import CostModel
@@ -37,13 +38,21 @@ class Budget:
         if self.kind == "shape":
             if not isinstance(self.value, dict) or not self.value or set(self.value) - set(SHAPE_KEYS):
                 raise InvalidBudgetError(f"a shape budget needs keys from {SHAPE_KEYS}, got {self.value!r}", _FIX)
-            if any(not isinstance(v, int) or v <= 0 for v in self.value.values()):
+            if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in self.value.values()):
                 raise InvalidBudgetError(f"shape sizes must be positive integers, got {self.value!r}", _FIX)
             return
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float, str)):
+            raise InvalidBudgetError(f"budget value {self.value!r} is not a number", _FIX)
         try:
             value = float(self.value)
         except (TypeError, ValueError):
             raise InvalidBudgetError(f"budget value {self.value!r} is not a number", _FIX) from None
+        if not math.isfinite(value):
+            raise InvalidBudgetError(f"budget value {self.value!r} is not a finite number", _FIX)
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) \
+                or not 0 <= self.tolerance < 1:
+            raise InvalidBudgetError(f"budget tolerance {self.tolerance!r} is not a fraction in [0, 1)",
+                                     "pass a tolerance such as 0.02 (2% below the target), or 0")
         if self.kind == "latency_ms":
             if value <= 0:
                 raise InvalidBudgetError(f"a latency budget must be positive milliseconds, got {self.value}", _FIX)
@@ -53,7 +62,8 @@ class Budget:
                 raise InvalidBudgetError(f"a parameter count budget must be at least 1, got {self.value}", _FIX)
             self.value = int(value)
         elif not 0 < value <= 1:
-            what = {"macs": "MACs", "latency": "the dense model's latency"}.get(self.kind, "parameters")
+            what = {"macs": "MACs", "latency": "the dense model's latency",
+                    "nonembed": "non-embedding parameters"}.get(self.kind, "parameters")
             raise InvalidBudgetError(f"budget {self.value} is outside (0, 1]: it is the fraction of {what} to keep",
                                      _FIX)
         else:
@@ -65,6 +75,8 @@ class Budget:
         ``shape=layers:6,heads:4``, ``latency=0.6``, ``latency=8ms``."""
         if isinstance(text, Budget):
             return text
+        if isinstance(text, bool) or not isinstance(text, (int, float, str)):
+            raise InvalidBudgetError(f"budget {text!r} is neither a number nor a budget string", _FIX)
         if isinstance(text, (int, float)):
             return cls("params", text)
         s = str(text).strip()

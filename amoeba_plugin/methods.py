@@ -86,6 +86,11 @@ class Method:
             self.check_options(dict(values) if isinstance(values, Mapping) else options.to_dict())
         return options
 
+    def check_run(self, budget: Budget, options: MethodOptions, seed: int = 0) -> None:
+        """Checks of a run that need its budget and options together but no model: ``preflight`` calls
+        this before anything loads (e.g. that a checkpoint to resume was made with these settings).
+        Raise an :class:`~amoeba_plugin.errors.AmoebaError`; the default checks nothing."""
+
     def resolve_options(self, context: PruningContext) -> MethodOptions:
         """The run's typed options (``context.options`` over the defaults); read ``options.steps`` etc."""
         return self.build_options(context.options)

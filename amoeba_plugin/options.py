@@ -197,6 +197,8 @@ def _coerce(value, tp):
             items = [part.strip() for part in value.split(",") if part.strip()]
         elif isinstance(value, (list, tuple, set, frozenset)):
             items = list(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            items = [value]  # one number for a list (keep_layers=3): a list of one
         else:
             raise _Mismatch
         if kind is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
@@ -257,6 +259,8 @@ def check_field(owner: type, f: dataclasses.Field, value):
         value = _coerce(value, tp)
     except _Mismatch:
         example = _example(f)
+        if example is None:
+            example = _type_example(tp)
         raise AmoebaError(f"option {f.name}={value!r} is not {_article(type_name(tp))}",
                           f"pass {f.name} as {_article(type_name(tp))}"
                           + (f", e.g. {f.name}={_text(example)}" if example is not None else "")) from None
@@ -279,6 +283,23 @@ def check_field(owner: type, f: dataclasses.Field, value):
                                   f"pass {f.name} {_bounds_text(bounds)}"
                                   + (f" (default {_text(example)})" if example is not None else ""))
     return value
+
+
+def _type_example(tp):
+    """A value of type ``tp`` to show in a fix (for a field whose default is empty or None)."""
+    tp = optional_inner(tp)
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    simple = {int: 1, float: 0.5, bool: True, str: "name"}
+    if origin in simple:
+        return simple[origin]
+    if origin in (list, tuple, set, frozenset):
+        item = simple.get(args[0] if args else str)
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            return [simple.get(a, "x") for a in args]
+        return None if item is None else ([0, -1] if item == 1 else [item, item])
+    if origin is dict:
+        return {"key": 1}
+    return None
 
 
 def _article(text: str) -> str:
@@ -380,7 +401,8 @@ def _jsonable(value):
 def options_class_from_dict(name: str, defaults: Mapping) -> type:
     """A :class:`MethodOptions` subclass with one untyped field per entry of ``defaults``: what a
     method that still declares a ``default_options`` dict gets, so it keeps working."""
-    specs = [(key, Any, option(value, "")) for key, value in defaults.items()]
+    # a list default types its field as a list, so "a,b" is split into items, never read character by character
+    specs = [(key, list if isinstance(value, (list, tuple)) else Any, option(value, "")) for key, value in defaults.items()]
     return dataclasses.make_dataclass(name, specs, bases=(MethodOptions,))
 
 

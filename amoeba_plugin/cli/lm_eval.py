@@ -23,13 +23,39 @@ PROG = "amoeba-lm-eval"
 _SUBCOMMANDS = ("run", "ls", "validate")
 
 
-def _user_include_path(argv: list[str]) -> str | None:
+def _flag_value(argv: list[str], flag: str) -> str | None:
     for i, arg in enumerate(argv):
-        if arg == "--include_path" and i + 1 < len(argv):
+        if arg == flag and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith("--include_path="):
+        if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
     return None
+
+
+def _user_include_path(argv: list[str]) -> str | None:
+    return _flag_value(argv, "--include_path")
+
+
+#: --tasks values that list tasks instead of naming them (older lm-eval)
+_LISTINGS = ("list", "list_groups", "list_subtasks", "list_tags")
+
+
+def check_run(argv: list[str]) -> None:
+    """What lm-eval would find only after loading the model: unknown ``--tasks`` names (checked with
+    lm-eval's TaskManager, packaged tasks and ``--include_path`` included) and an ``--output_path``
+    that cannot be written. Raises :class:`~amoeba_plugin.errors.AmoebaError`."""
+    from ..eval.lm_eval import parse_tasks, task_manager
+    from ..statefiles import check_writable
+
+    if argv and argv[0] in ("ls", "validate"):
+        return
+    tasks = _flag_value(argv, "--tasks")
+    names = [n for n in parse_tasks(tasks) if n not in _LISTINGS]
+    if names:
+        task_manager(names, _user_include_path(argv))
+    output = _flag_value(argv, "--output_path") or _flag_value(argv, "-o")
+    if output:
+        check_writable(output, "--output_path", directory=not output.endswith(".json"))
 
 
 def prepare_argv(argv: list[str], tasks_folder: str) -> tuple[list[str], bool]:
@@ -77,7 +103,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     register_lm_eval_model()
-    args, patch = prepare_argv(sys.argv[1:] if argv is None else argv, tasks_dir())
+    argv = sys.argv[1:] if argv is None else argv
+    if not any(a in ("-h", "--help") for a in argv):
+        try:
+            check_run(argv)  # an unknown task or an unwritable output fails before the model loads
+        except AmoebaError as exc:
+            if os.environ.get("AMOEBA_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):
+                raise
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            sys.exit(2)
+    args, patch = prepare_argv(argv, tasks_dir())
     if patch:
         _add_packaged_tasks(tasks_dir())
     from lm_eval.__main__ import cli_evaluate

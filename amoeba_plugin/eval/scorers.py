@@ -233,6 +233,19 @@ def check_spec(spec: str | None, what: str = "scorer") -> str:
     raise AmoebaError(f"unknown {what} '{spec}'", f"use one of: {', '.join(SPECS)}")
 
 
+def check_spec_task(spec: str | None, what: str = "scorer", include_path=None) -> str:
+    """:func:`check_spec`, and for ``lm-eval:TASK`` also that lm-eval knows TASK (the packaged tasks,
+    ``include_path``, then lm-eval's own): an unknown task fails here, before any model loads or
+    calibrates, naming the closest task names."""
+    spec = check_spec(spec, what)
+    kind, _, task = spec.partition(":")
+    if kind == "lm-eval":
+        from .lm_eval import task_manager
+
+        task_manager([task], include_path)
+    return spec
+
+
 def build_scorer(spec: str, model, tokenizer, anatomy, calibration_windows, seed: int = 0, what: str = "scorer",
                  **options):
     """A scorer from a spec: ``"loss"`` (default), ``"perplexity"`` or ``"lm-eval:TASK"``. ``options`` go
@@ -286,4 +299,4 @@ class EvaluatorScorer(_SoftScorer):
 
 
 __all__ = ["EvaluatorScorer", "LMEvalScorer", "LossScorer", "PerplexityScorer", "as_plan", "build_scorer",
-           "check_spec", "layer_plan", "stratified_indices"]
+           "check_spec", "check_spec_task", "layer_plan", "stratified_indices"]

@@ -49,9 +49,12 @@ class Exporter:
 
 def check_destination(destination: str | os.PathLike, overwrite: bool = False) -> Path:
     """Raise if ``destination`` cannot receive an export; never creates anything."""
+    from ..statefiles import check_writable
+
     dest = Path(destination).expanduser().resolve()
     if dest.exists() and not dest.is_dir():
         raise AmoebaError(f"{dest} exists and is a file", "choose a directory path for the output")
+    check_writable(dest, "output directory")  # a parent that is a file, or read-only: before any work
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise AmoebaError(f"output directory {dest} already exists and is not empty",
                           "choose a new directory or pass --overwrite")

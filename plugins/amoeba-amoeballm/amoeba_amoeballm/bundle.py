@@ -52,24 +52,32 @@ class Bundle:
     # ------------------------------------------------------------------ reading
     @classmethod
     def load(cls, path) -> Bundle:
-        from safetensors.torch import load_file
+        from amoeba_plugin.statefiles import read_json, read_tensors
 
         path = Path(path).expanduser()
         if not is_bundle(path):
             raise AmoebaError(f"{path} is not an AmoebaLLM bundle (no {MANIFEST})",
                               "pass a directory written by `amoeba amoeballm select` (then `train`)")
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-            selection = json.loads((path / SELECTION).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AmoebaError(f"the bundle at {path} is damaged ({exc})", "recreate it with `amoeba amoeballm select`") from None
+        fix = f"recreate the bundle with `amoeba amoeballm select MODEL --output {path} --overwrite`"
+        manifest = read_json(path / MANIFEST, "bundle manifest", fix)
+        selection = read_json(path / SELECTION, "bundle selection table", fix)
         if manifest.get("format") != FORMAT:
             raise AmoebaError(f"{path / MANIFEST} is not an AmoebaLLM bundle manifest", "pass an AmoebaLLM bundle")
-        if manifest.get("version", 0) > VERSION:
+        version = manifest.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise AmoebaError(f"{path / MANIFEST} has version {version!r}, not a whole number", fix)
+        if version > VERSION:
             raise AmoebaError(f"bundle format version {manifest['version']} is newer than this plugin reads ({VERSION})",
                               "upgrade amoeba-amoeballm")
-        tensors = load_file(str(path / BIASES)) if (path / BIASES).exists() else {}
-        return cls(path, manifest, SelectionTable.from_dict(selection, tensors))
+        if not isinstance(manifest.get("base"), dict) or not isinstance(manifest["base"].get("name_or_path"), str):
+            raise AmoebaError(f"{path / MANIFEST} does not name its base model (base.name_or_path)", fix)
+        tensors = read_tensors(path / BIASES, "bundle bias table", fix) if (path / BIASES).exists() else {}
+        try:
+            table = SelectionTable.from_dict(selection, tensors)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise AmoebaError(f"the bundle selection table {path / SELECTION} is damaged "
+                              f"({type(exc).__name__}: {exc})", fix) from None
+        return cls(path, manifest, table)
 
     @property
     def base(self) -> str:
@@ -88,8 +96,15 @@ class Bundle:
         from amoeba_plugin.anatomy import anatomy_of
         from amoeba_plugin.models import load_model
 
+        from amoeba_plugin.errors import ModelNotFoundError
+
         kwargs = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
-        model, tokenizer = load_model(self.base, **kwargs)
+        try:
+            model, tokenizer = load_model(self.base, **kwargs)
+        except ModelNotFoundError as exc:  # name the bundle: its manifest is what points at the lost model
+            raise ModelNotFoundError(f"the base model of the bundle {self.path} cannot be loaded: {exc.problem}",
+                                     f"put the base model back at '{self.base}', or set base.name_or_path in "
+                                     f"{self.path / MANIFEST} to where it is now") from None
         anatomy = anatomy_of(model)
         want = self.manifest["base"].get("fingerprint", "")
         if want and anatomy.fingerprint.split("-")[0] != want.split("-")[0]:

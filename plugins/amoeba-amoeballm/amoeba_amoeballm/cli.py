@@ -86,6 +86,8 @@ def train(bundle, config, smol, restart):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def shapes(bundle, as_json):
     """Every (depth, width) of a bundle: parameters, MACs, score and this machine's latency if measured."""
+    from amoeba_plugin.statefiles import read_json
+
     from .bundle import LATENCY, Bundle
     from .extract import machine_key, shape_rows
 
@@ -93,7 +95,7 @@ def shapes(bundle, as_json):
     model, _, anatomy = b.load_base()
     key, _ = machine_key("cpu", next(model.parameters()).dtype)
     path = b.path / LATENCY / f"{key}.json"
-    latency = json.loads(path.read_text()) if path.exists() else None
+    latency = read_json(path, "latency table", f"run `amoeba amoeballm latency {bundle} --rebuild`", default=None)
     rows = shape_rows(b.table, anatomy, b.shape_scores, latency)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
@@ -113,7 +115,11 @@ def latency(bundle, rebuild, tokens):
     from .bundle import Bundle
     from .extract import latency_table
 
-    table = latency_table(Bundle.load(bundle), rebuild=rebuild, tokens=tokens)
+    from amoeba_plugin.statefiles import check_writable
+
+    loaded = Bundle.load(bundle)
+    check_writable(loaded.path, "bundle")  # the table is stored there: fail before measuring
+    table = latency_table(loaded, rebuild=rebuild, tokens=tokens)
     click.echo(f"dense: {table['dense_ms']:.3f} ms/token; {len(table['ms'])} shapes measured "
                f"({table['machine']['processor']}, {table['machine']['threads']} threads)")
 

@@ -79,7 +79,9 @@ def latency_table(bundle: Bundle, model=None, anatomy=None, *, rebuild: bool = F
     key, facts = machine_key(device, next(model.parameters()).dtype)
     path = bundle.path / LATENCY / f"{key}.json"
     if path.exists() and not rebuild:
-        return json.loads(path.read_text())
+        from amoeba_plugin.statefiles import read_json
+
+        return read_json(path, "latency table", f"rebuild it: `amoeba amoeballm latency {bundle.path} --rebuild`")
     table = bundle.table
     was_training = model.training
     model.eval()

@@ -339,14 +339,14 @@ class SMoLAdapter:
     def load(cls, model, anatomy: Anatomy, directory, is_trainable: bool = False) -> "SMoLAdapter":
         """Re-create a saved adapter on a fresh copy of the same base model (returned in eval mode)."""
         from peft import PeftModel
-        from safetensors.torch import load_file
+
+        from amoeba_plugin.statefiles import read_json, read_tensors
 
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / CONFIG_FILE).read_text())
-        except (OSError, ValueError) as err:
-            raise AmoebaError(f"cannot read {directory / CONFIG_FILE}: {err}",
-                              "point to a directory written by SMoLAdapter.save") from err
+        fix = "point to a complete directory written by SMoLAdapter.save (in a bundle: run `amoeba amoeballm train` again)"
+        meta = read_json(directory / CONFIG_FILE, "SMoL adapter config", fix)
+        experts = meta["config"].get("num_experts", 1) if isinstance(meta.get("config"), dict) else 1
+        router_state = read_tensors(directory / ROUTER_FILE, "SMoL router", fix) if experts > 1 else None  # read before the experts: damage fails before peft touches the model
         if meta.get("format") != FORMAT_VERSION:
             raise AmoebaError(f"unsupported SMoL adapter format {meta.get('format')!r}",
                               f"re-save the adapter with this version (format {FORMAT_VERSION})")
@@ -367,15 +367,15 @@ class SMoLAdapter:
                 for e in range(1, config.num_experts):
                     peft_model.load_adapter(str(directory / expert_name(e)),
                                             adapter_name=expert_name(e), is_trainable=is_trainable)
-        except (OSError, ValueError) as err:
-            raise AmoebaError(f"cannot load the SMoL experts from {directory}: {err}",
-                              "point to a complete directory written by SMoLAdapter.save") from err
+        except Exception as err:  # noqa: BLE001 - OSError, ValueError, SafetensorError from a damaged expert
+            raise AmoebaError(f"cannot load the SMoL experts from {directory}: {type(err).__name__}: {err}",
+                              fix) from None
         router = None
         if config.num_experts > 1:
             device = next(model.parameters()).device
             router = ShapeRouter(meta["encoding_dim"], config.num_experts, config.top_k,
                                  config.router_hidden, config.router_noise)
-            router.load_state_dict(load_file(str(directory / ROUTER_FILE)))
+            router.load_state_dict(router_state)
             router.to(device)
         adapter = cls(peft_model, anatomy, config, meta["encoding_dim"], targets, router)
         adapter._mark_trainable(is_trainable)

@@ -155,9 +155,28 @@ def _save_checkpoint(directory: Path, adapter: SMoLAdapter, optimizer, step: int
     shutil.rmtree(old, ignore_errors=True)
 
 
+_CHECKPOINT_FIX = "pass --restart to start the training over (the damaged checkpoint is replaced)"
+
+
 def read_checkpoint(directory: Path) -> dict | None:
-    state = directory / "state.json"
-    return json.loads(state.read_text()) if state.is_file() else None
+    """The checkpoint's state (step, settings), None when there is none; damage is one clear error."""
+    from amoeba_plugin.statefiles import read_json
+
+    state = read_json(Path(directory) / "state.json", "training checkpoint state", _CHECKPOINT_FIX, default=None)
+    if state is not None and (not isinstance(state.get("step"), int) or not isinstance(state.get("config"), dict)
+                              or not isinstance(state.get("smol"), dict)):
+        raise AmoebaError(f"training checkpoint state {Path(directory) / 'state.json'} is damaged "
+                          "(no step, config or smol)", _CHECKPOINT_FIX)
+    return state
+
+
+def read_checkpoint_tensors(directory: Path) -> tuple[dict, dict]:
+    """The checkpoint's trainable tensors and optimizer state, read (and so checked) before any model loads."""
+    from amoeba_plugin.statefiles import read_tensors, read_torch
+
+    directory = Path(directory)
+    return (read_tensors(directory / "trainable.safetensors", "training checkpoint", _CHECKPOINT_FIX),
+            read_torch(directory / "optimizer.pt", "training checkpoint optimizer state", _CHECKPOINT_FIX))
 
 
 _RESUMABLE = {"steps", "save_every", "log_every", "score_windows"}  # may change between runs
@@ -217,6 +236,9 @@ def train_bundle(bundle_path, config: TrainConfig | None = None, smol: SMoLConfi
     smol = smol or SMoLConfig()
     accelerator = Accelerator(cpu=_distributed_on_cpu())
     bundle = Bundle.load(bundle_path)
+    from amoeba_plugin.statefiles import check_writable
+
+    check_writable(bundle.path, "bundle")  # training writes its checkpoint and adapter there: fail before loading
     table = bundle.table
     ckpt = bundle.path / CHECKPOINT
     state = None if restart else read_checkpoint(ckpt)
@@ -225,6 +247,7 @@ def train_bundle(bundle_path, config: TrainConfig | None = None, smol: SMoLConfi
         if state["step"] >= config.steps and bundle.trained:
             raise AmoebaError(f"this bundle is already trained for {state['step']} steps",
                               f"pass --steps above {state['step']} to train longer, or --restart")
+        saved, optimizer_state = read_checkpoint_tensors(ckpt)  # a damaged checkpoint fails before the model loads
     model, tokenizer, anatomy = bundle.load_base()
     if tokenizer is None:
         raise AmoebaError(f"the base model '{bundle.base}' has no tokenizer", "save one next to the model")
@@ -235,13 +258,14 @@ def train_bundle(bundle_path, config: TrainConfig | None = None, smol: SMoLConfi
     optimizer = torch.optim.AdamW([p for _, p in params], lr=config.lr, weight_decay=config.weight_decay)
     start = 0
     if state is not None:
-        from safetensors.torch import load_file
-
-        saved = load_file(str(ckpt / "trainable.safetensors"))
+        unknown = sorted(set(saved) - set(named))
+        if unknown:
+            raise AmoebaError(f"the training checkpoint in {ckpt} holds tensors this adapter does not have "
+                              f"({', '.join(unknown[:3])}...)", _CHECKPOINT_FIX)
         with torch.no_grad():
             for name, tensor in saved.items():
                 named[name].copy_(tensor)
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        optimizer.load_state_dict(optimizer_state)
         start = int(state["step"])
     elif accelerator.is_main_process and restart:
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -351,8 +375,9 @@ def score_shapes(model, anatomy, table: SelectionTable, windows: torch.Tensor, a
 
 
 def read_log(bundle_path) -> list[dict]:
-    path = Path(bundle_path) / LOG
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    from amoeba_plugin.statefiles import read_jsonl
+
+    return read_jsonl(Path(bundle_path) / LOG, "training log", torn_tail_ok=True)
 
 
 def lora_finetune(model, tokenizer, config: TrainConfig, rank: int = 8, alpha: float = 16.0):

@@ -10,9 +10,10 @@ import click
 from amoeba_plugin.cli.options import (calibration_options, echo_table, evaluation_options, export_options, flag,
                                        option_flags, option_pairs, parse_options, pruning_defaults, pruning_settings)
 from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.statefiles import read_jsonl
 
 from .method import SearchLLMOptions
-from .search import LOG, PLOT, STATE
+from .search import LOG, PLOT, read_state
 
 #: the options with a flag of their own; the others go through --option KEY=VALUE
 FLAGS = ("preset", "generations", "population", "fitness", "fitness_windows", "tolerance", "mask_mutation",
@@ -80,16 +81,24 @@ def show(work, as_json):
     path = Path(work) / LOG
     if not path.exists():
         raise AmoebaError(f"no search log in {work}", "pass the --work directory of `amoeba searchllm run`")
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    fix = "rerun `amoeba searchllm run` with the same --work to rewrite it (or --restart to start over)"
+    lines = read_jsonl(path, "search log", fix, torn_tail_ok=True)
+    if not lines:
+        raise AmoebaError(f"the search log {path} is empty: no generation has finished yet",
+                          "wait for the first generation, or rerun `amoeba searchllm run` with the same --work")
+    missing = [k for k in ("generation", "evaluated", "best") if any(k not in g for g in lines)]
+    if missing:
+        raise AmoebaError(f"the search log {path} is damaged (lines without {', '.join(missing)})", fix)
     if as_json:
         for line in lines:
             click.echo(json.dumps(line))
         return
     keys = ["generation", "evaluated", "duplicates", "out_of_budget", "best", "best_cost_ratio", "seconds",
             "evaluations_per_second"]
-    echo_table([[f"{g[k]:.4f}" if isinstance(g[k], float) and k == "best" else g[k] for k in keys] for g in lines], keys)
-    state = Path(work) / STATE
-    planned = json.loads(state.read_text()).get("generations") if state.exists() else None
+    echo_table([[f"{g.get(k):.4f}" if isinstance(g.get(k), float) and k == "best" else g.get(k, "")
+                 for k in keys] for g in lines], keys)
+    state = read_state(work)
+    planned = state.get("generations") if state is not None else None
     last = lines[-1]["generation"] if lines else -1
     done = "finished" if planned is not None and last >= planned else f"checkpoint after generation {last} of {planned}"
     click.echo(f"{len(lines)} generations ({done}); plot: {Path(work) / PLOT}")

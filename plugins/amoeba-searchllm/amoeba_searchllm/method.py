@@ -10,7 +10,7 @@ fitness never sees the text the weights were fitted on.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from amoeba_plugin.errors import AmoebaError, DataError
 from amoeba_plugin.methods import Method, PruneResult
@@ -18,7 +18,7 @@ from amoeba_plugin.options import MethodOptions, option, option_like
 
 from .init import prepare_start
 from .operators import DEPTH_RULES, MASK_MODES, Variation
-from .search import PRESETS, EvolutionSearch, SearchConfig, SearchResult
+from .search import PRESETS, EvolutionSearch, SearchConfig, SearchResult, differing_settings, read_state
 
 REFORMATIONS = ("exact", "admm", "none")
 #: how a candidate is scored: masks on the shared model, or a sliced copy (faster once the subnet is
@@ -98,9 +98,10 @@ class SearchLLMOptions(MethodOptions):
         if self.preset not in PRESETS:
             raise AmoebaError(f"unknown search preset '{self.preset}'", f"use one of: {', '.join(PRESETS)}")
         super().__post_init__()
-        from amoeba_plugin.eval.scorers import check_spec
+        from amoeba_plugin.eval.scorers import check_spec_task
 
-        check_spec(self.fitness, "fitness")
+        # an unknown lm-eval task fails here, before the model loads and calibrates
+        check_spec_task(self.fitness, "fitness", (self.fitness_options or {}).get("include_path"))
         self.search_config()
 
     def search_config(self, seed: int = 0) -> SearchConfig:
@@ -120,6 +121,37 @@ class SearchLLMMethod(Method):
     capabilities = frozenset({"depth", "width", "calibration", "changes_weights"})
     budget_kinds = ("params", "nonembed", "count", "macs")
     options_class = SearchLLMOptions
+
+    def check_run(self, budget, options, seed: int = 0) -> None:
+        """A checkpoint in ``checkpoint_dir`` that this run would resume: readable, and made with these
+        settings (the search's, the budget, the operators, the fitness), checked before the model loads."""
+        if not options.checkpoint_dir:
+            return
+        from amoeba_plugin.statefiles import check_writable
+
+        check_writable(options.checkpoint_dir, "search work directory")  # not after the model has loaded
+        if options.restart or not options.search:
+            return
+        state = read_state(options.checkpoint_dir)
+        if state is None:
+            return
+        config = options.search_config(seed=seed)
+        known = {"config": {k: v for k, v in asdict(config).items() if k != "generations"}, "budget": str(budget),
+                 "mask_mutation": options.mask_mutation, "alpha": options.alpha, "depth_rule": options.depth_rule}
+        differ = differing_settings(state["describe"], known)
+        saved_fitness = state["describe"].get("fitness") or {}
+        kind, _, task = options.fitness.partition(":")
+        if saved_fitness.get("name") in ("loss", "perplexity", "lm-eval") and (
+                saved_fitness.get("name") != kind or saved_fitness.get("task", "") != task):
+            differ.append("fitness")
+        if differ:
+            raise AmoebaError(f"the search checkpoint in {options.checkpoint_dir} was made with other settings "
+                              f"(they differ in: {', '.join(sorted(differ))})",
+                              "use the same settings to resume, another checkpoint_dir, or restart=true")
+        if state["generation"] > config.generations:
+            raise AmoebaError(f"the search checkpoint in {options.checkpoint_dir} is already past generation "
+                              f"{config.generations} (it finished generation {state['generation']})",
+                              f"ask for at least {state['generation']} generations, or restart=true")
 
     def prune(self, context) -> PruneResult:
         options = self.resolve_options(context)

@@ -140,6 +140,37 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+_STATE_FIX = "rerun with restart (--restart / restart=true deletes the checkpoint), or use another work directory"
+#: what a checkpoint must hold to be resumed, and the JSON type of each
+_STATE_KEYS = {"describe": dict, "generation": int, "rng": dict, "scores": dict, "parents": dict, "history": list}
+
+
+def read_state(work_dir) -> dict | None:
+    """The search checkpoint in ``work_dir`` (None when there is none), checked: a damaged, foreign or
+    incomplete file is one clear error naming it, found before any model loads."""
+    from amoeba_plugin.statefiles import read_json
+
+    path = Path(work_dir) / STATE
+    state = read_json(path, "search checkpoint", _STATE_FIX, default=None)
+    if state is None:
+        return None
+    version = state.get("version", 0)
+    if state.get("format") != STATE_FORMAT or not isinstance(version, int) or version > STATE_VERSION:
+        raise AmoebaError(f"{path} is not a search checkpoint this version can read", _STATE_FIX)
+    bad = [k for k, kind in _STATE_KEYS.items() if not isinstance(state.get(k), kind) or isinstance(state.get(k), bool)]
+    if bad:
+        raise AmoebaError(f"the search checkpoint {path} is damaged (missing or malformed: {', '.join(bad)})",
+                          _STATE_FIX)
+    return state
+
+
+def differing_settings(saved: dict, current: dict) -> list[str]:
+    """The keys of ``current`` (a search's ``describe``, or the part of it known before a model loads)
+    whose values differ from the checkpoint's ``saved`` describe."""
+    current = json.loads(json.dumps(current))
+    return sorted(k for k in current if saved.get(k) != current[k])
+
+
 class EvolutionSearch:
     """One search: a space, a cost model and its budget window, the operators, a fitness and settings.
 
@@ -208,10 +239,14 @@ class EvolutionSearch:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             state = None if restart else self._load_state()
             if state is not None:
-                rng.bit_generator.state = state["rng"]
-                scores = {k: float(v) for k, v in state["scores"].items()}
-                pool = {k: Candidate.from_dict(c, self.space) for k, c in state["parents"].items()}
-                history = [Generation(**g) for g in state["history"]]
+                try:
+                    rng.bit_generator.state = state["rng"]
+                    scores = {k: float(v) for k, v in state["scores"].items()}
+                    pool = {k: Candidate.from_dict(c, self.space) for k, c in state["parents"].items()}
+                    history = [Generation(**g) for g in state["history"]]
+                except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                    raise AmoebaError(f"the search checkpoint {self.work_dir / STATE} is damaged "
+                                      f"({type(exc).__name__}: {exc})", _STATE_FIX) from None
                 if state["generation"] > cfg.generations:
                     raise AmoebaError(f"the search checkpoint in {self.work_dir} is already past generation "
                                       f"{cfg.generations} (it finished generation {state['generation']})",
@@ -271,17 +306,9 @@ class EvolutionSearch:
 
     # ------------------------------------------------------------------ checkpoint, log, plot
     def _load_state(self) -> dict | None:
-        path = self.work_dir / STATE
-        if not path.exists():
+        state = read_state(self.work_dir)
+        if state is None:
             return None
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AmoebaError(f"the search checkpoint {path} cannot be read ({exc})",
-                              "start again with restart (it deletes the checkpoint)") from None
-        if state.get("format") != STATE_FORMAT or state.get("version", 0) > STATE_VERSION:
-            raise AmoebaError(f"{path} is not a search checkpoint this version can read",
-                              "start again with restart, or use another work directory")
         saved = state.get("describe", {})
         if saved != json.loads(json.dumps(self.describe)):
             old, new = saved, json.loads(json.dumps(self.describe))

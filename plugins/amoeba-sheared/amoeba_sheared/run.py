@@ -51,8 +51,11 @@ def model_config(model: str):
 def read_info(model: str) -> dict | None:
     from amoeba_plugin.models import resolve_model_path
 
+    from amoeba_plugin.statefiles import read_json
+
     p = Path(resolve_model_path(model)) / INFO
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json(p, "Sheared model info", f"delete {p} (it only carries the domain proportions) or re-export "
+                     "the model", default=None)
 
 
 def _check_reference(data: DataConfig, model: str, stage: str) -> None:
@@ -106,7 +109,13 @@ def _reference(run: RunDir, resume: bool, compute, names, accelerator, dynamic: 
     if not dynamic:
         return None
     if resume and (run / REFERENCE).is_file():
-        return json.loads((run / REFERENCE).read_text())["losses"]
+        from amoeba_plugin.statefiles import read_json
+
+        saved = read_json(run / REFERENCE, "Sheared reference losses", f"delete {run / REFERENCE} to measure them again")
+        if not isinstance(saved.get("losses"), list) or len(saved["losses"]) != len(names):
+            raise AmoebaError(f"Sheared reference losses {run / REFERENCE} are damaged (no losses for {len(names)} "
+                              "domains)", f"delete {run / REFERENCE} to measure them again")
+        return saved["losses"]
     losses = compute()
     if accelerator.is_main_process:
         (run / REFERENCE).write_text(json.dumps({"domains": names, "losses": losses}, indent=1))

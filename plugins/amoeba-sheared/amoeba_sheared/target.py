@@ -76,6 +76,11 @@ def resolve_target(source: Shape, value: dict) -> Shape:
     source's, and equal query heads in every KV group (missing ``kv_heads``: keep the groups (GQA) or
     equal the heads (MHA); missing ``heads``: keep the queries per group)."""
     value = dict(value)
+    for key, want in value.items():  # what the user wrote is checked (and named) before anything derived from it
+        have = getattr(source, key)
+        if not 1 <= want <= have:
+            raise InvalidBudgetError(f"target {key}={want} is outside 1..{have}, the source model's {key}",
+                                     f"pick {key} between 1 and {have}")
     mha = source.kv_heads == source.heads
     kv = value.get("kv_heads", value.get("heads", source.heads) if mha else source.kv_heads)
     heads = value.get("heads", kv * source.queries_per_group)
@@ -83,9 +88,11 @@ def resolve_target(source: Shape, value: dict) -> Shape:
                    value.get("hidden", source.hidden))
     for key, want in target.to_dict().items():
         have = getattr(source, key)
-        if not 1 <= want <= have:
-            raise InvalidBudgetError(f"target {key}={want} is outside 1..{have}, the source model's {key}",
-                                     f"pick {key} between 1 and {have}")
+        if not 1 <= want <= have:  # only a derived count gets here: say what it came from
+            given = ", ".join(f"{k}={v}" for k, v in value.items())
+            raise InvalidBudgetError(f"the target {given} implies {key}={want} (the source keeps "
+                                     f"{source.queries_per_group} query heads per KV group), outside 1..{have}",
+                                     f"also give {key} explicitly, between 1 and {have}")
     if heads % kv or target.queries_per_group > source.queries_per_group:
         raise InvalidBudgetError(
             f"target heads={heads} with kv_heads={kv} does not keep an equal number of query heads per KV group "

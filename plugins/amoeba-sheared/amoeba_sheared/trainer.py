@@ -32,6 +32,8 @@ import torch.nn.functional as F
 
 from amoeba_plugin.errors import AmoebaError
 from amoeba_plugin.export import atomic_directory
+from amoeba_plugin.statefiles import (check_tensors_file, check_torch_file, check_writable, read_json, read_jsonl, read_tensors,
+                                      read_torch)
 
 from .config import DataConfig, TrainConfig
 from .domains import DomainMixture
@@ -87,6 +89,9 @@ def domain_losses(forward, domains, accelerator, batch_size: int = 8) -> list[fl
 
 
 # ---------------------------------------------------------------------- the run directory
+_RUN_FIX = "pass --restart to start the run over (its damaged files are replaced), or choose a new --output"
+
+
 class RunDir:
     """The files of one run (see the module docstring)."""
 
@@ -97,18 +102,31 @@ class RunDir:
         return self.path / name
 
     def settings(self) -> dict | None:
-        p = self / RUN
-        return json.loads(p.read_text()) if p.is_file() else None
+        return read_json(self / RUN, "Sheared run settings", _RUN_FIX, default=None)
 
     def state(self) -> dict | None:
-        p = self / CHECKPOINT / "state.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        state = read_json(self / CHECKPOINT / "state.json", "Sheared checkpoint state", _RUN_FIX, default=None)
+        if state is not None and not isinstance(state.get("step"), int):
+            raise AmoebaError(f"Sheared checkpoint state {self / CHECKPOINT / 'state.json'} is damaged (no step)",
+                              _RUN_FIX)
+        return state
+
+    def check_checkpoint(self) -> None:
+        """A checkpoint to resume from is complete and undamaged (checked cheaply, before any model loads)."""
+        if self.state() is None:
+            return
+        check_tensors_file(self / CHECKPOINT / "trainable.safetensors", "Sheared checkpoint", _RUN_FIX)
+        check_torch_file(self / CHECKPOINT / "optimizer.pt", "Sheared checkpoint optimizer state", _RUN_FIX)
 
     def finished(self) -> bool:
         return (self / MODEL / "config.json").is_file()
 
     def check(self, settings: dict, restart: bool) -> bool:
-        """Whether this run resumes; raises when the directory belongs to another run. Writes nothing."""
+        """Whether this run resumes; raises when the directory belongs to another run, cannot be written,
+        or holds a damaged checkpoint. Writes nothing."""
+        if self.path.is_file():
+            raise AmoebaError(f"{self.path} is a file", "choose a directory for --output")
+        check_writable(self.path, "output directory")  # before the model loads, not at the first checkpoint
         if restart or not self.path.exists():
             return False
         if self.path.is_file():
@@ -127,6 +145,7 @@ class RunDir:
         if self.finished():
             raise AmoebaError(f"the run in {self.path} has finished (its model is in {self / MODEL})",
                               "use that model, pass --restart to run again, or choose a new --output")
+        self.check_checkpoint()
         return True
 
     def reset(self) -> None:
@@ -139,8 +158,7 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict]:
-        p = self / LOG
-        return [json.loads(line) for line in p.read_text().splitlines()] if p.is_file() else []
+        return read_jsonl(self / LOG, "Sheared training log", _RUN_FIX, torn_tail_ok=True)
 
 
 def read_log(path) -> list[dict]:
@@ -157,10 +175,8 @@ def save_checkpoint(run: RunDir, named: dict[str, torch.Tensor], optimizer, sche
 
 
 def load_checkpoint(run: RunDir) -> tuple[dict, dict, dict]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(run / CHECKPOINT / "trainable.safetensors"))
-    opt = torch.load(run / CHECKPOINT / "optimizer.pt", weights_only=True)
+    tensors = read_tensors(run / CHECKPOINT / "trainable.safetensors", "Sheared checkpoint", _RUN_FIX)
+    opt = read_torch(run / CHECKPOINT / "optimizer.pt", "Sheared checkpoint optimizer state", _RUN_FIX)
     return tensors, opt, run.state()
 
 
