@@ -25,8 +25,12 @@ def calibration_windows(tokenizer, source_spec: str | TextSpec = "sotu:train", n
         raise DataError(f"calibration needs n >= 1 and seq_len >= 2 (got n={n}, seq_len={seq_len})",
                         "pass positive sizes")
     ids = source_tokens(tokenizer, source, split)
-    available = ids.numel() // seq_len
-    if ids.numel() < seq_len + 1 or n > available:
+    available = ids.numel() // seq_len if ids.numel() > seq_len else 0
+    if available == 0:
+        raise DataError(f"'{where}' has {ids.numel():,} tokens, fewer than one window of {seq_len} tokens",
+                        f"use a seq_len below {ids.numel()}, or a larger source" if ids.numel() > 2 else
+                        "use a larger source")
+    if n > available:
         raise DataError(f"'{where}' has {ids.numel():,} tokens, enough for {available} windows of {seq_len} "
                         f"tokens, but {n} were asked for",
                         f"ask for at most {available} samples, use a shorter seq_len, or a larger source")
