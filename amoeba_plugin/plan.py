@@ -53,7 +53,7 @@ def _check_layer(layer, number: int) -> None:
         raise PlanError(f"plan layer entry {number} is {_kind(layer)}, not an object", "regenerate the plan")
     unknown = sorted(set(layer) - {"index", *_LAYER_SHAPES})
     if unknown:
-        raise PlanError(f"plan layer entry {number} has unknown keys {unknown}",
+        raise PlanError(f"malformed plan layer entry {number}: unknown keys {unknown}",
                         f"use only index, {', '.join(_LAYER_SHAPES)}")
     if not _is_int(layer.get("index")):
         raise PlanError(f"plan layer entry {number} has index {layer.get('index')!r}, not a whole number",

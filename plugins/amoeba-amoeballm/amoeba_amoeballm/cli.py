@@ -43,8 +43,11 @@ def select(model, output, overwrite, selection, questions, calibration, calibrat
     from .bundle import write_bundle
     from .select import run_selection
 
-    check_destination(output, overwrite)
+    check_destination(output, overwrite)  # a file in the way, a read-only place: before any work
     config = SelectionConfig(**selection, scorer_options={"num_questions": questions} if questions else {})
+    from amoeba_plugin.data import TextSpec
+
+    TextSpec.resolve(calibration, "calibration")  # a mistyped source fails before the model loads
     loaded, tokenizer = load_model(model)
     anatomy = anatomy_of(loaded)
     config.resolved_min_layers(anatomy.num_layers)

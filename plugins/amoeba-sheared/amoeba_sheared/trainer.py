@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from amoeba_plugin.errors import AmoebaError
 from amoeba_plugin.export import atomic_directory
-from amoeba_plugin.statefiles import (check_tensors_file, check_torch_file, check_writable, read_json, read_jsonl, read_tensors,
-                                      read_torch)
+from amoeba_plugin.statefiles import (check_tensors_file, check_torch_file, check_writable, read_json, read_jsonl,
+                                      read_tensors, read_torch)
 
 from .config import DataConfig, TrainConfig
 from .domains import DomainMixture
