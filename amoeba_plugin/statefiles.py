@@ -187,16 +187,16 @@ def check_writable(path, what: str = "output", directory: bool = True) -> Path:
             probe_dir = probe_dir.parent
         if probe_dir.exists() and not probe_dir.is_dir():
             raise AmoebaError(f"the {what} {target} cannot be created: {probe_dir} is a file, not a directory",
-                              f"choose a {what} path whose parent is a directory")
+                              f"choose a path for the {what} whose parent is a directory")
     try:
         fd, probe = tempfile.mkstemp(prefix=".amoeba-write-check-", dir=probe_dir)
     except OSError as exc:
         raise AmoebaError(f"the {what} {target} cannot be written: {probe_dir} is not writable "
-                          f"({exc.strerror or exc})", f"choose a {what} path in a writable directory") from None
+                          f"({exc.strerror or exc})", f"choose a path for the {what} in a writable directory") from None
     os.close(fd)
     os.unlink(probe)
     if target.is_file() and not os.access(target, os.W_OK):
-        raise AmoebaError(f"the {what} {target} is read-only", f"make it writable or choose another {what} path")
+        raise AmoebaError(f"the {what} {target} is read-only", f"make it writable, or choose another path for the {what}")
     return target
 
 

@@ -346,7 +346,8 @@ class SMoLAdapter:
         fix = "point to a complete directory written by SMoLAdapter.save (in a bundle: run `amoeba amoeballm train` again)"
         meta = read_json(directory / CONFIG_FILE, "SMoL adapter config", fix)
         experts = meta["config"].get("num_experts", 1) if isinstance(meta.get("config"), dict) else 1
-        router_state = read_tensors(directory / ROUTER_FILE, "SMoL router", fix) if experts > 1 else None  # read before the experts: damage fails before peft touches the model
+        # the router is read before the experts: its damage fails before peft touches the model
+        router_state = read_tensors(directory / ROUTER_FILE, "SMoL router", fix) if experts > 1 else None
         if meta.get("format") != FORMAT_VERSION:
             raise AmoebaError(f"unsupported SMoL adapter format {meta.get('format')!r}",
                               f"re-save the adapter with this version (format {FORMAT_VERSION})")

@@ -81,7 +81,7 @@ def test_an_unknown_lm_eval_fitness_task_fails_in_preflight(tmp_path):
 def test_a_work_directory_under_a_file_fails_in_preflight(tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
-    with pytest.raises(AmoebaError, match="search work directory .* afile is a file"):
+    with pytest.raises(AmoebaError, match="search work directory .*afile is a file"):
         preflight(PruningConfig(method="searchllm", budget="0.7", method_options={"checkpoint_dir": str(blocker / "w")}))
 
 

@@ -127,6 +127,10 @@ def proportions(run_dir, plot, as_json):
     """How a run's domain proportions moved (one row per update)."""
     from .report import plot_proportions, proportions_history
 
+    if plot:
+        from amoeba_plugin.statefiles import check_writable
+
+        check_writable(plot, "plot", directory=False)
     domains, rows = proportions_history(run_dir)
     if as_json:
         click.echo(json.dumps({"domains": domains, "history": rows}, indent=1))
