@@ -9,6 +9,7 @@ Methods state which kinds they accept and reject the others with a clear error.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 from .cost import CostModel
@@ -41,7 +42,7 @@ class Budget:
             if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in self.value.values()):
                 raise InvalidBudgetError(f"shape sizes must be positive integers, got {self.value!r}", _FIX)
             return
-        if isinstance(self.value, bool) or not isinstance(self.value, (int, float, str)):
+        if isinstance(self.value, bool) or not isinstance(self.value, (numbers.Real, str)):
             raise InvalidBudgetError(f"budget value {self.value!r} is not a number", _FIX)
         try:
             value = float(self.value)
@@ -49,7 +50,7 @@ class Budget:
             raise InvalidBudgetError(f"budget value {self.value!r} is not a number", _FIX) from None
         if not math.isfinite(value):
             raise InvalidBudgetError(f"budget value {self.value!r} is not a finite number", _FIX)
-        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) \
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, numbers.Real) \
                 or not 0 <= self.tolerance < 1:
             raise InvalidBudgetError(f"budget tolerance {self.tolerance!r} is not a fraction in [0, 1)",
                                      "pass a tolerance such as 0.02 (2% below the target), or 0")
@@ -75,9 +76,9 @@ class Budget:
         ``shape=layers:6,heads:4``, ``latency=0.6``, ``latency=8ms``."""
         if isinstance(text, Budget):
             return text
-        if isinstance(text, bool) or not isinstance(text, (int, float, str)):
+        if isinstance(text, bool) or not isinstance(text, (numbers.Real, str)):
             raise InvalidBudgetError(f"budget {text!r} is neither a number nor a budget string", _FIX)
-        if isinstance(text, (int, float)):
+        if isinstance(text, numbers.Real):
             return cls("params", text)
         s = str(text).strip()
         kind, sep, rest = s.partition("=")

@@ -10,6 +10,7 @@ whose ``mlp_channels`` is empty has no MLP. ``None`` always means "all of them".
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ VERSION = 2
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy integers too
 
 
 def _int_list(value) -> bool:
@@ -171,10 +172,10 @@ class Plan:
             raise PlanError(f"the plan's hidden_channels is {_kind(hidden)}, not a list of whole numbers",
                             "write hidden_channels as a list of channel indices, or null for all")
         output_bias = data.get("output_bias", False)
-        if not isinstance(output_bias, bool):
+        if isinstance(output_bias, str) or output_bias not in (True, False):  # numpy's bool is fine too
             raise PlanError(f"the plan's output_bias is {output_bias!r}, not true or false", "write true or false")
         return cls(layers=layers, source=data.get("source") or {}, hidden_channels=hidden,
-                   output_bias=output_bias, provenance=data.get("provenance") or {})
+                   output_bias=bool(output_bias), provenance=data.get("provenance") or {})
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent)
