@@ -52,6 +52,10 @@ class SelectionConfig(MethodOptions):
         super().__post_init__()
         self.widths = tuple(check_widths(self.widths))
         self.depth_scorer = check_spec(self.depth_scorer)
+        if self.depth_scorer.startswith("lm-eval:"):  # an unknown task fails here, before the model loads
+            from amoeba_plugin.eval.scorers import check_spec_task
+
+            check_spec_task(self.depth_scorer, "depth scorer", (self.scorer_options or {}).get("include_path"))
 
     def resolved_min_layers(self, num_layers: int) -> int:
         value = self.min_layers if self.min_layers is not None else max(self.keep_last, math.ceil(num_layers / 2))

@@ -115,3 +115,13 @@ def test_select_checks_its_output_and_calibration_before_loading(tmp_path):
     _one_line(run("amoeballm", "select", str(tmp_path / "no-model"), "--output", tmp_path / "b", "--calibration",
                   "nosuch:train"), "nosuch")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_unknown_lm_eval_depth_scorer_task_fails_with_the_settings():
+    pytest.importorskip("lm_eval")
+    from amoeba_plugin.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="no lm-eval task named 'amoeba_sotu_cloze_calb'") as err:
+        SelectionConfig(depth_scorer="lm-eval:amoeba_sotu_cloze_calb")
+    assert "amoeba_sotu_cloze_calib" in err.value.fix
+    assert SelectionConfig(depth_scorer="lm-eval:amoeba_sotu_cloze_calib").depth_scorer.endswith("calib")
