@@ -117,8 +117,23 @@ def _named(names, values):
     return None if values is None else dict(zip(names, values))
 
 
+def _record_texts(info: dict, data: DataConfig, model: str, by: str) -> dict:
+    """Every text the exported model saw: this run's domains (training) and what ``model`` saw."""
+    from amoeba_plugin.data import record_seen_text
+    from amoeba_plugin.models import resolve_model_path
+    from amoeba_plugin.pipeline import inherit_texts
+
+    record_seen_text(info, [d.train for d in data.specs], "training", by=by)
+    try:
+        return inherit_texts(info, resolve_model_path(model))
+    except AmoebaError:
+        return info
+
+
 def _export(run: RunDir, model, anatomy, plan, patch, tokenizer, sliced, info: dict) -> Path:
     from amoeba_plugin.export import ExportRequest, export
+
+    plan.provenance.setdefault("data", {})["seen"] = info.get("data", {}).get("seen", [])
 
     request = ExportRequest(model=model, anatomy=anatomy, plan=plan, tokenizer=tokenizer, patch=patch,
                             info=info, sliced=sliced)
@@ -201,6 +216,7 @@ def prune(model: str, output, target: str | Budget = "0.5", data: DataConfig | N
             "sheared": {"stage": "pruning", "source_model": _model_id(model), "target": shape.to_dict(),
                         "domains": data.names, "reference": _named(data.names, reference),
                         "reference_kind": data.reference, "final_proportions": result["final_proportions"]}}
+        _record_texts(info, data, model, "sheared")
         summary["model"] = str(_export(run, final, anatomy, plan, patch, tokenizer, sliced, info))
     return _finish_summary(run, summary, accelerator)
 
@@ -268,6 +284,7 @@ def pretrain(model: str, output, data: DataConfig | None = None, train_config: T
                                    "stage": "pretraining", "domains": data.names,
                                    "reference": _named(data.names, reference) or info.get("reference"),
                                    "final_proportions": result["final_proportions"]}}
+        _record_texts(export_info, data, model, "sheared-cpt")
         summary["model"] = str(_export(run, final, anatomy, Plan.full(anatomy), None, tokenizer, None, export_info))
     return _finish_summary(run, summary, accelerator)
 

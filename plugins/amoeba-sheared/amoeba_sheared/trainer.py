@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from amoeba_plugin.errors import AmoebaError
-from amoeba_plugin.export import atomic_directory
+from amoeba_plugin.export import atomic_directory, recover_destination
 
 from .config import DataConfig, TrainConfig
 from .domains import DomainMixture
@@ -97,8 +97,16 @@ class RunDir:
         return self.path / name
 
     def settings(self) -> dict | None:
+        """The run's settings, or None when ``run.json`` is missing or is not a Sheared run's marker."""
         p = self / RUN
-        return json.loads(p.read_text()) if p.is_file() else None
+        try:
+            settings = json.loads(p.read_text()) if p.is_file() else None
+        except (OSError, ValueError):
+            return None
+        if not isinstance(settings, dict) or settings.get("stage") not in ("pruning", "pretraining") \
+                or not {"model", "train", "data"} <= set(settings):
+            return None
+        return settings
 
     def state(self) -> dict | None:
         p = self / CHECKPOINT / "state.json"
@@ -108,15 +116,28 @@ class RunDir:
         return (self / MODEL / "config.json").is_file()
 
     def check(self, settings: dict, restart: bool) -> bool:
-        """Whether this run resumes; raises when the directory belongs to another run. Writes nothing."""
-        if restart or not self.path.exists():
+        """Whether this run resumes; raises when the directory belongs to another run. Writes nothing.
+
+        ``restart`` deletes only a Sheared run of the same stage (its ``run.json`` is the marker), so
+        it never empties a directory that holds something else."""
+        if not self.path.exists():
             return False
         if self.path.is_file():
             raise AmoebaError(f"{self.path} is a file", "choose a directory for --output")
         old = self.settings()
+        if old is not None:  # finish or undo a checkpoint or export a kill interrupted
+            for name in (CHECKPOINT, MODEL):
+                recover_destination(self / name)
         if old is None:
             if any(self.path.iterdir()):
-                raise AmoebaError(f"{self.path} is not empty and holds no Sheared run",
+                raise AmoebaError(f"{self.path} is not empty and holds no Sheared run"
+                                  + (", so --restart will not delete anything there" if restart else ""),
+                                  "choose a new --output directory")
+            return False
+        if restart:
+            if old.get("stage") != settings.get("stage"):
+                raise AmoebaError(f"{self.path} holds a Sheared {old.get('stage', '?')} run, not a "
+                                  f"{settings.get('stage')} run, so --restart will not delete it",
                                   "choose a new --output directory")
             return False
         changed = sorted(k for k in set(old) | set(settings)
