@@ -21,6 +21,7 @@ from .atomic import (
     recover_destination,
     recover_updates,
     scratch_directory,
+    write_text_atomic,
 )
 
 
@@ -77,4 +78,4 @@ def export(exporter_name: str, request: ExportRequest, destination: str | os.Pat
 
 
 __all__ = ["ExportRequest", "Exporter", "atomic_directory", "atomic_update", "check_destination", "export",
-           "recover_destination", "recover_updates", "scratch_directory"]
+           "recover_destination", "recover_updates", "scratch_directory", "write_text_atomic"]

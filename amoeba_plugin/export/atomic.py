@@ -263,6 +263,17 @@ def atomic_update(directory: str | os.PathLike):
     _apply(directory, stage)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write one file through a writer-named temporary file and a rename: never half written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{writer_token()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------- scratch space
 @contextmanager
 def scratch_directory(prefix: str):
@@ -282,4 +293,4 @@ def scratch_directory(prefix: str):
 
 
 __all__ = ["JOURNAL", "atomic_directory", "atomic_update", "check_destination", "recover_destination",
-           "recover_updates", "scratch_directory", "writer_dead", "writer_token"]
+           "recover_updates", "scratch_directory", "write_text_atomic", "writer_dead", "writer_token"]

@@ -218,7 +218,7 @@ class EvolutionSearch:
                                       f"ask for at least {state['generation']} generations, or restart")
                 start_generation = resumed = state["generation"] + 1
                 self._write_log(history)
-            elif restart:
+            elif restart and self._is_search_dir():  # delete only what a search wrote (its state is the marker)
                 for name in (STATE, LOG, PLOT):
                     (self.work_dir / name).unlink(missing_ok=True)
         started = time.perf_counter()
@@ -270,6 +270,21 @@ class EvolutionSearch:
                             resumed_from=resumed)
 
     # ------------------------------------------------------------------ checkpoint, log, plot
+    def _is_search_dir(self) -> bool:
+        """Whether ``work_dir`` holds a search's files; raises when its ``state.json`` is someone else's
+        (restart must not delete it)."""
+        path = self.work_dir / STATE
+        if not path.exists():
+            return False
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            state = None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise AmoebaError(f"{path} is not a search checkpoint, so restart will not delete it",
+                              "use another work directory (checkpoint_dir)")
+        return True
+
     def _load_state(self) -> dict | None:
         path = self.work_dir / STATE
         if not path.exists():
@@ -277,11 +292,13 @@ class EvolutionSearch:
         try:
             state = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise AmoebaError(f"the search checkpoint {path} cannot be read ({exc})",
-                              "start again with restart (it deletes the checkpoint)") from None
-        if state.get("format") != STATE_FORMAT or state.get("version", 0) > STATE_VERSION:
-            raise AmoebaError(f"{path} is not a search checkpoint this version can read",
-                              "start again with restart, or use another work directory")
+            raise AmoebaError(f"{path} cannot be read as a search checkpoint ({exc})",
+                              "use another work directory (checkpoint_dir)") from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise AmoebaError(f"{path} is not a search checkpoint", "use another work directory (checkpoint_dir)")
+        if state.get("version", 0) > STATE_VERSION:
+            raise AmoebaError(f"{path} is a search checkpoint of a newer version than this one reads",
+                              "start again with restart, upgrade amoeba-searchllm, or use another work directory")
         saved = state.get("describe", {})
         if saved != json.loads(json.dumps(self.describe)):
             old, new = saved, json.loads(json.dumps(self.describe))

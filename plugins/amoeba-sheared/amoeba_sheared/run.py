@@ -14,6 +14,7 @@ import torch
 
 from amoeba_plugin.budget import Budget
 from amoeba_plugin.errors import AmoebaError, DataError, InvalidBudgetError
+from amoeba_plugin.export import write_text_atomic
 
 from .config import CPT_DATA_DEFAULTS, CPT_TRAIN_DEFAULTS, DataConfig, TrainConfig
 from .domains import load_domains
@@ -98,7 +99,7 @@ def _start(run: RunDir, settings: dict, resume: bool, accelerator) -> None:
     if accelerator.is_main_process and not resume:
         run.reset()
         run.path.mkdir(parents=True, exist_ok=True)
-        (run / RUN).write_text(json.dumps(settings, indent=1))
+        write_text_atomic(run / RUN, json.dumps(settings, indent=1))
     accelerator.wait_for_everyone()
 
 
@@ -109,7 +110,7 @@ def _reference(run: RunDir, resume: bool, compute, names, accelerator, dynamic: 
         return json.loads((run / REFERENCE).read_text())["losses"]
     losses = compute()
     if accelerator.is_main_process:
-        (run / REFERENCE).write_text(json.dumps({"domains": names, "losses": losses}, indent=1))
+        write_text_atomic(run / REFERENCE, json.dumps({"domains": names, "losses": losses}, indent=1))
     return losses
 
 
@@ -143,7 +144,7 @@ def _export(run: RunDir, model, anatomy, plan, patch, tokenizer, sliced, info: d
 
 def _finish_summary(run: RunDir, summary: dict, accelerator) -> dict:
     if accelerator.is_main_process:
-        (run / SUMMARY).write_text(json.dumps(summary, indent=1))
+        write_text_atomic(run / SUMMARY, json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
     return summary
 

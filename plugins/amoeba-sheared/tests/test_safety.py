@@ -123,12 +123,13 @@ def test_method_trained_on_domains_records_them_and_a_pruned_copy_inherits_them(
 
     pruner = AmoebaPruner.from_pretrained(EMBEDDED)
     config = PruningConfig(method="sheared", budget="nonembed=0.5", calibration_samples=4, calibration_seq_len=64,
-                           method_options={"steps": 1, "batch_size": 2, "seq_len": 64, "heldout_windows": 1,
-                                           "domains": ["brown:train", "moby-dick:train"]})
+                           method_options={"steps": 1, "batch_size": 2, "seq_len": 64, "dynamic": False,
+                                           "domains": ["brown=brown-split:train,brown-split:validation",
+                                                       "moby-dick=moby-dick-split:train,moby-dick-split:validation"]})
     out = pruner.prune(config, save_directory=tmp_path / "m")
     seen = {(t["source"], t["role"]) for t in recorded_texts(export=tmp_path / "m")}
-    assert {("brown:train", "training"), ("moby-dick:train", "training")} <= seen
+    assert {("brown-split:train", "training"), ("moby-dick-split:train", "training")} <= seen
     again = AmoebaPruner.from_pretrained(str(tmp_path / "m"))
-    with pytest.raises(AmoebaError, match="trained on"):
-        again.prune(PruningConfig(method="uniform-magnitude", budget="0.9", evaluation="brown:train"), evaluate=True)
+    with pytest.raises(AmoebaError, match="trained on"):  # brown:test holds the documents brown-split:train trained on
+        again.prune(PruningConfig(method="uniform-magnitude", budget="0.9", evaluation="brown:test"), evaluate=True)
     assert out.plan.provenance["data"]["seen"]
