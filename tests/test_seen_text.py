@@ -63,3 +63,17 @@ def test_amoeba_eval_refuses_text_an_export_trained_on(tmp_path):
     (export / "amoeba_export.json").write_text(json.dumps({"info": record_seen_text({}, ["moby-dick"], "training")}))
     r = CliRunner().invoke(cli, ["eval", str(export), "--evaluation", "moby-dick:test"])
     assert r.exit_code != 0 and "trained on" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_benchmark_harness_refuses_text_its_model_trained_on(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks.compare_methods import _check_sources
+
+    export = tmp_path / "e"
+    export.mkdir()
+    (export / "amoeba_export.json").write_text(json.dumps({"info": record_seen_text({}, ["brown:test"], "training")}))
+    args = SimpleNamespace(model=str(export), calibration="sotu:train", allow_eval_on_calibration=False)
+    _check_sources(args, ["sotu:validation"])
+    with pytest.raises(DataError, match="trained on"):
+        _check_sources(args, ["sotu:validation", "brown:test"])
