@@ -108,28 +108,13 @@ def recover_destination(destination: str | os.PathLike) -> list[str]:
     """
     dest = Path(destination).expanduser().resolve()
     done: list[str] = []
-    for token, parts in sorted(_siblings(dest).items(), key=lambda kv: min(p.stat().st_mtime for p in kv[1].values())):
+    for token, parts in sorted(_siblings(dest).items(), key=lambda kv: min(_mtime(p) for p in kv[1].values())):
         if not writer_dead(token):
             continue
-        ready, old, partial = parts.get("ready"), parts.get("old"), parts.get("partial")
-        if ready is not None:
-            old = old or dest.with_name(f".{dest.name}.old-{token}")
-            if dest.exists() and not old.exists():
-                os.replace(dest, old)
-            if not dest.exists():
-                os.replace(ready, dest)
-                done.append(f"finished the interrupted write of {dest}")
-            else:
-                _remove(ready)
-        if old is not None and old.exists():
-            if dest.exists():
-                _remove(old)
-            else:
-                os.replace(old, dest)
-                done.append(f"restored {dest} from the copy an interrupted --overwrite kept aside")
-        if partial is not None:
-            _remove(partial)
-            done.append(f"removed {partial.name}, left by a killed writer")
+        try:
+            done += _recover_one(dest, token, parts)
+        except FileNotFoundError:  # another process (a rank of the same launch) recovered it first
+            continue
     for p in list(dest.parent.iterdir()) if dest.parent.is_dir() else []:  # older releases: .NAME.old-PID
         match = _LEGACY_OLD.match(p.name)
         if match and match["name"] == dest.name and not _pid_alive(int(match["pid"])) and p.is_dir():
@@ -140,6 +125,38 @@ def recover_destination(destination: str | os.PathLike) -> list[str]:
                 done.append(f"restored {dest} from the copy an interrupted --overwrite kept aside")
     for line in done:
         _say(line)
+    return done
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _recover_one(dest: Path, token: str, parts: dict[str, Path]) -> list[str]:
+    """One killed writer's debris: finish a complete write, restore or drop an old copy, drop a partial one."""
+    done = []
+    ready, old, partial = parts.get("ready"), parts.get("old"), parts.get("partial")
+    if ready is not None:
+        old = old or dest.with_name(f".{dest.name}.old-{token}")
+        if dest.exists() and not old.exists():
+            os.replace(dest, old)
+        if not dest.exists():
+            os.replace(ready, dest)
+            done.append(f"finished the interrupted write of {dest}")
+        else:
+            _remove(ready)
+    if old is not None and old.exists():
+        if dest.exists():
+            _remove(old)
+        else:
+            os.replace(old, dest)
+            done.append(f"restored {dest} from the copy an interrupted --overwrite kept aside")
+    if partial is not None:
+        _remove(partial)
+        done.append(f"removed {partial.name}, left by a killed writer")
     return done
 
 
@@ -209,11 +226,14 @@ def _apply(directory: Path, stage: Path) -> None:
         src, dst = stage / name, directory / name
         if not src.exists() and not src.is_symlink():
             continue
-        if dst.is_dir() and not dst.is_symlink():
-            trash.mkdir(exist_ok=True)
-            _remove(trash / name)
-            os.replace(dst, trash / name)
-        os.replace(src, dst)
+        try:
+            if dst.is_dir() and not dst.is_symlink():
+                trash.mkdir(exist_ok=True)
+                _remove(trash / name)
+                os.replace(dst, trash / name)
+            os.replace(src, dst)
+        except FileNotFoundError:  # another process replaying the same update moved it first
+            continue
         _stop_at("update-applying")
     shutil.rmtree(stage, ignore_errors=True)
 
