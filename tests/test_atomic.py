@@ -106,6 +106,17 @@ def _dead_pid() -> int:
     return p.pid
 
 
+def test_overwrite_never_replaces_the_working_directory_or_a_repository(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "work").mkdir()
+    monkeypatch.chdir(repo / "work")
+    for dest in (repo, repo / "work", tmp_path):
+        with pytest.raises(AmoebaError, match="--overwrite would replace"):
+            check_destination(dest, overwrite=True)
+    assert (repo / ".git").is_dir() and (repo / "work").is_dir()
+
+
 def test_bad_destination_creates_nothing(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(AmoebaError, match="is a file"):

@@ -171,7 +171,16 @@ def check_destination(destination: str | os.PathLike, overwrite: bool = False) -
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise AmoebaError(f"output directory {dest} already exists and is not empty",
                           "choose a new directory or pass --overwrite")
+    if overwrite and dest.exists() and _precious(dest):
+        raise AmoebaError(f"--overwrite would replace {dest}, which holds the working directory, the home "
+                          "directory or a git repository", "choose a directory of its own for the output")
     return dest
+
+
+def _precious(dest: Path) -> bool:
+    """Directories ``--overwrite`` never replaces: the working or home directory, their ancestors, a repository."""
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    return dest in (cwd, home) or dest in cwd.parents or dest in home.parents or (dest / ".git").exists()
 
 
 def _stop_at(point: str) -> None:
