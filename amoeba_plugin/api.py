@@ -297,7 +297,7 @@ class AmoebaPruner:
               overwrite: bool = False, evaluate: bool = False) -> PruningOutput:
         """Run ``config.method`` under ``config.budget``; slice; optionally export and evaluate."""
         from .methods import PruningContext
-        from .pipeline import run_method
+        from .pipeline import inherit_texts, run_method
 
         if config is None:
             config = PruningConfig()
@@ -305,6 +305,12 @@ class AmoebaPruner:
             config = PruningConfig.from_dict(config)
         method, budget, data, options = preflight(config, save_directory, overwrite, evaluate,
                                                   self.tokenizer is not None)
+        if data.evaluation is not None:  # a source model that was itself trained or calibrated on it
+            from .data import check_unseen
+            from .pipeline import recorded_texts
+
+            check_unseen(recorded_texts(export=self.name) if self.name else [], data.evaluation,
+                         config.allow_calibration_overlap)
 
         windows = data.cut_evaluation_windows(self.tokenizer) if data.evaluation is not None else None
         ppl_before = self._perplexity(self.model, windows, data) if windows is not None else None
@@ -313,6 +319,7 @@ class AmoebaPruner:
                                  options=options, seed=config.seed,
                                  calibration=data.calibration_provider(self.tokenizer))
         run = run_method(method, context, data, config=config)
+        inherit_texts(run.plan.provenance, self.name)  # what the source model saw travels on
         sliced = run.slice()
         summary = self._summary(run, budget)
 
@@ -323,7 +330,8 @@ class AmoebaPruner:
 
         export_path = None
         if save_directory is not None:
-            info = {"method": method.name, "budget": str(budget), "data": data.record(run.calibrated),
+            recorded = dict(run.plan.provenance.get("data") or data.record(run.calibrated))
+            info = {"method": method.name, "budget": str(budget), "data": recorded,
                     "seed": config.seed, "source_model": self.name, "pruning_config": config.to_dict(),
                     "summary": summary, **({"method_info": run.info} if run.info else {})}
             if ppl_before is not None:

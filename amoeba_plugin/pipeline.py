@@ -180,8 +180,10 @@ def run_method(method, context, data: RunData | None = None, *, config: Any = No
     plan.provenance = {"method": method.name, "budget": str(context.budget), "seed": context.seed,
                        **(plan.provenance or {})}
     record = data.record(calibrated=bool(asked)) if data is not None else {}
-    if record:
-        plan.provenance.setdefault("data", record)
+    if record:  # merged with what the method recorded itself (e.g. its training text: record_seen_text)
+        recorded = plan.provenance.setdefault("data", {})
+        for key, value in record.items():
+            recorded.setdefault(key, value)
 
     options = method.resolve_options(context).to_dict()  # the run's options, defaults filled in
     hook().amoeba_on_plan(plan=plan, context={"method": method.name, "budget": context.budget, "anatomy": anatomy,
@@ -222,4 +224,52 @@ def calibration_texts(plan=None, export: str | os.PathLike | None = None) -> lis
     return [f for f in found if f is not None]
 
 
-__all__ = ["MethodResultError", "MethodRun", "RunData", "calibration_texts", "recorded_calibration", "run_method"]
+def _export_records(export: str | os.PathLike) -> list[dict]:
+    """The provenance records of an export directory: its ``amoeba_export.json`` info and ``plan.json``."""
+    from .export.writers import EXPORT_INFO
+
+    records = []
+    for name, pick in ((EXPORT_INFO, lambda d: d.get("info")), ("plan.json", lambda d: d.get("provenance"))):
+        path = Path(export) / name
+        if not path.is_file():
+            continue
+        try:
+            record = pick(json.loads(path.read_text()))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def recorded_texts(plan=None, export: str | os.PathLike | None = None) -> list[dict]:
+    """Every text a plan and/or an export directory record their model saw, calibrating or training
+    (``[{"source", "role", "by"?}]``, see :mod:`amoeba_plugin.data.overlap`): what evaluation refuses."""
+    from .data.overlap import seen_texts
+
+    records = _export_records(export) if export is not None and Path(export).is_dir() else []
+    if plan is not None:
+        records.append(plan.provenance or {})
+    found: list[dict] = []
+    for record in records:
+        for entry in seen_texts(record):
+            if entry not in found:
+                found.append(entry)
+    return found
+
+
+def inherit_texts(record: dict, source_model: str | os.PathLike | None) -> dict:
+    """Copy into ``record`` the texts ``source_model`` (an export directory) saw, so a model made from
+    a trained or calibrated model still refuses that text; returns ``record``."""
+    from .data.overlap import record_seen_text
+
+    if source_model is None or not Path(source_model).is_dir():
+        return record
+    for entry in recorded_texts(export=source_model):
+        by = f"{entry['by']}, " if entry.get("by") else ""
+        record_seen_text(record, [entry["source"]], entry["role"], by=f"{by}source model".strip(", "))
+    return record
+
+
+__all__ = ["MethodResultError", "MethodRun", "RunData", "calibration_texts", "inherit_texts", "recorded_calibration",
+           "recorded_texts", "run_method"]

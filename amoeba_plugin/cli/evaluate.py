@@ -38,8 +38,8 @@ def eval_(model, plan_path, evaluation, evaluation_windows, evaluation_seq_len, 
     """
     if tasks is not None:
         return _eval_tasks(model, plan_path, tasks, limit, num_fewshot, batch_size, seed, include_path, as_json)
-    from ..data import check_disjoint, resolve_source
-    from ..pipeline import calibration_texts
+    from ..data import check_unseen, resolve_source
+    from ..pipeline import recorded_texts
 
     source = evaluation
     resolve_source(source)
@@ -48,8 +48,8 @@ def eval_(model, plan_path, evaluation, evaluation_windows, evaluation_seq_len, 
         from ..plan import Plan
 
         plan = Plan.load(plan_path)
-    for calibrated in calibration_texts(plan=plan, export=model):
-        check_disjoint(calibrated, source, allow_calibration_overlap)
+    # the text the model (an export) or the plan calibrated or trained on is refused
+    check_unseen(recorded_texts(plan=plan, export=model), source, allow_calibration_overlap)
     loaded, tokenizer = load(model)
     if tokenizer is None:
         raise AmoebaError(f"{model} has no tokenizer", "save a tokenizer next to the model")

@@ -16,14 +16,15 @@ The modules, each importable on its own (this package re-exports their public na
 * :mod:`~amoeba_plugin.data.user`: sources a spec names directly (``file:``, ``json:``, ``hf:``, ...);
 * :mod:`~amoeba_plugin.data.specs`: spec syntax and resolution (:class:`TextSpec`, :func:`resolve_source`);
 * :mod:`~amoeba_plugin.data.tokens`: the token cache, :func:`token_windows` and :func:`eval_windows`;
-* :mod:`~amoeba_plugin.data.overlap`: :func:`check_disjoint`, no evaluation on calibration text.
+* :mod:`~amoeba_plugin.data.overlap`: :func:`check_disjoint`, :func:`check_unseen`, no evaluation on text
+  a model calibrated or trained on (:func:`record_seen_text` records it, :func:`seen_texts` reads it);
 
 Calibration windows are sampled by :func:`amoeba_plugin.calibration.calibration_windows`; the name
 is also importable from here.
 """
 from __future__ import annotations
 
-from .overlap import check_disjoint
+from .overlap import check_disjoint, check_unseen, record_seen_text, seen_texts
 from .shipped import CORPORA, builtin_sources
 from .sources import TextSource
 from .specs import SPEC_SYNTAX, TextSpec, canonical_spec, resolve_source, spec_of
@@ -47,6 +48,9 @@ def __dir__() -> list[str]:
 __all__ = [
     "canonical_spec",
     "check_disjoint",
+    "check_unseen",
+    "record_seen_text",
+    "seen_texts",
     "SPEC_SYNTAX",
     "TextSource",
     "TextSpec",

@@ -2,20 +2,27 @@
 
 An exporter writes into a fresh temporary directory next to the destination; only when it has
 finished is that directory renamed into place, so a crash or a bad input never leaves a
-half-written output behind. Register exporters through ``amoeba_register_exporters``.
+half-written output behind, and a killed one leaves debris the next write of the same
+destination finishes or removes (:mod:`.atomic`). Register exporters through ``amoeba_register_exporters``.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import AmoebaError
+from .atomic import (
+    atomic_directory,
+    atomic_update,
+    check_destination,
+    recover_destination,
+    recover_updates,
+    scratch_directory,
+    write_text_atomic,
+)
 
 
 @dataclass
@@ -47,40 +54,6 @@ class Exporter:
         raise NotImplementedError
 
 
-def check_destination(destination: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Raise if ``destination`` cannot receive an export; never creates anything."""
-    from ..statefiles import check_writable
-
-    dest = Path(destination).expanduser().resolve()
-    if dest.exists() and not dest.is_dir():
-        raise AmoebaError(f"{dest} exists and is a file", "choose a directory path for the output")
-    check_writable(dest, "output directory")  # a parent that is a file, or read-only: before any work
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise AmoebaError(f"output directory {dest} already exists and is not empty",
-                          "choose a new directory or pass --overwrite")
-    return dest
-
-
-@contextmanager
-def atomic_directory(destination: str | os.PathLike, overwrite: bool = False):
-    """Yield a temporary directory; on success it replaces ``destination``, on error it vanishes."""
-    dest = check_destination(destination, overwrite)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-    try:
-        yield tmp
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def export(exporter_name: str, request: ExportRequest, destination: str | os.PathLike,
            overwrite: bool = False, extra: Callable[[Path], None] | None = None) -> Path:
     """Check, then write atomically with the named exporter; fire ``amoeba_on_export``.
@@ -102,3 +75,7 @@ def export(exporter_name: str, request: ExportRequest, destination: str | os.Pat
     dest = Path(destination).expanduser().resolve()
     hook().amoeba_on_export(directory=dest, plan=request.plan, exporter=exporter)
     return dest
+
+
+__all__ = ["ExportRequest", "Exporter", "atomic_directory", "atomic_update", "check_destination", "export",
+           "recover_destination", "recover_updates", "scratch_directory", "write_text_atomic"]

@@ -17,13 +17,12 @@ a path. Its fingerprint is checked on load, so a bundle is never applied to othe
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from amoeba_plugin import __version__ as host_version
 from amoeba_plugin.errors import AmoebaError
-from amoeba_plugin.export import atomic_directory
+from amoeba_plugin.export import atomic_directory, atomic_update, recover_destination, recover_updates
 
 from .shapes import SelectionTable
 
@@ -55,6 +54,10 @@ class Bundle:
         from amoeba_plugin.statefiles import read_json, read_tensors
 
         path = Path(path).expanduser()
+        if path.parent.is_dir():  # finish or undo what a killed select --overwrite or train left
+            recover_destination(path)
+        if path.is_dir():
+            recover_updates(path)
         if not is_bundle(path):
             raise AmoebaError(f"{path} is not an AmoebaLLM bundle (no {MANIFEST})",
                               "pass a directory written by `amoeba amoeballm select` (then `train`)")
@@ -91,6 +94,18 @@ class Bundle:
     def shape_scores(self) -> dict[str, float]:
         return dict(self.manifest.get("shape_scores") or {})
 
+    @property
+    def seen_texts(self) -> list[dict]:
+        """Every text the bundle saw: stage 1's calibration and the fine-tuning text
+        (``[{"source", "role", "by"?}]``, as :func:`amoeba_plugin.data.seen_texts` reads them)."""
+        from amoeba_plugin.data import record_seen_text, seen_texts
+
+        record = {"data": dict(self.manifest.get("data") or {})}
+        calibration = (self.manifest.get("selection") or {}).get("calibration")
+        if isinstance(calibration, str):
+            record_seen_text(record, [calibration], "calibration", by="amoeballm select")
+        return seen_texts(record)
+
     def load_base(self, dtype=None, device=None):
         """The base model and tokenizer, checked against the bundle's fingerprint."""
         from amoeba_plugin.anatomy import anatomy_of
@@ -125,24 +140,21 @@ class Bundle:
         return SMoLAdapter.load(model, anatomy, self.path / ADAPTER, is_trainable=is_trainable)
 
     # ------------------------------------------------------------------ writing
-    def update_manifest(self, **changes) -> None:
-        """Merge ``changes`` into the manifest and rewrite it atomically."""
-        self.manifest.update(changes)
-        tmp = self.path / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(self.manifest, indent=1) + "\n")
-        tmp.replace(self.path / MANIFEST)
+    def update_manifest(self, adapter=None, **changes) -> None:
+        """Merge ``changes`` into the manifest and, with ``adapter``, replace the adapter: one atomic
+        commit (``atomic_update``), so a kill leaves both old or both new, never a trained adapter
+        under a manifest without its scores."""
+        manifest = {**self.manifest, **changes}
+        with atomic_update(self.path) as stage:
+            if adapter is not None:
+                adapter.save(stage / ADAPTER)
+            (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        self.manifest = manifest
 
     def save_adapter(self, adapter) -> None:
         """Write the adapter next to the selection, replacing an older one atomically."""
-        tmp = self.path / f".{ADAPTER}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        adapter.save(tmp)
-        old = self.path / f".{ADAPTER}.old"
-        if (self.path / ADAPTER).exists():
-            shutil.rmtree(old, ignore_errors=True)
-            (self.path / ADAPTER).replace(old)
-        tmp.replace(self.path / ADAPTER)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_update(self.path) as stage:
+            adapter.save(stage / ADAPTER)
 
 
 def write_bundle(destination, base: str, anatomy, table: SelectionTable, info: dict, overwrite: bool = False) -> Bundle:

@@ -202,6 +202,21 @@ def merged_patch(bundle: Bundle, model, anatomy, shape: Shape) -> tuple[dict, ob
     return patch, base
 
 
+def _record_texts(bundle: Bundle, *records: dict) -> None:
+    """The bundle's calibration and training text, and its base model's, into each record."""
+    from amoeba_plugin.data import record_seen_text
+    from amoeba_plugin.models import resolve_model_path
+    from amoeba_plugin.pipeline import inherit_texts
+
+    for record in records:
+        for entry in bundle.seen_texts:
+            record_seen_text(record, [entry["source"]], entry["role"], by=entry.get("by"))
+        try:
+            inherit_texts(record, resolve_model_path(bundle.base))
+        except AmoebaError:
+            pass
+
+
 def extract(bundle_path, budget: str | Budget | None = None, shape: str | Shape | None = None, *,
             dtype=None, device=None) -> Extraction:
     """Pick the shape (``shape`` or the best for ``budget``), merge, slice; a standalone model."""
@@ -216,6 +231,10 @@ def extract(bundle_path, budget: str | Budget | None = None, shape: str | Shape 
     else:
         budget = Budget.parse(budget)
         _check_budget_kind(budget)
+        if bundle.trained and not bundle.shape_scores:  # never pick a shape by size when scores were due
+            raise AmoebaError(f"the bundle at {bundle.path} has a fine-tuned adapter but no shape scores "
+                              "(its training did not finish)",
+                              "rerun `amoeba amoeballm train` on it with the same settings to finish it, or pass --shape")
     model, tokenizer, anatomy = bundle.load_base(dtype=dtype, device=device)
     if shape is not None:
         choice = Choice(shape, "requested")
@@ -233,6 +252,7 @@ def extract(bundle_path, budget: str | Budget | None = None, shape: str | Shape 
             "layers": table.depth.kept_layers(choice.shape.depth), "extraction_seconds": round(seconds, 3),
             "choice_seconds": round(chosen - began, 3), "summary": plan.summary(anatomy)}
     plan.provenance.update(budget=info["budget"], fine_tuned=bundle.trained, bundle=str(bundle.path))
+    _record_texts(bundle, info, plan.provenance)
     return Extraction(sliced, tokenizer, base, anatomy, plan, patch, choice.shape, info)
 
 

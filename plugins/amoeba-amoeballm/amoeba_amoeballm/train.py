@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from amoeba_plugin.errors import AmoebaError
+from amoeba_plugin.export import atomic_directory, recover_destination
 from amoeba_plugin.options import Options, option
 
 from .bundle import CHECKPOINT, Bundle
@@ -138,21 +139,16 @@ def training_windows(tokenizer, config: TrainConfig) -> torch.Tensor:
 # ---------------------------------------------------------------------- checkpoint
 def _save_checkpoint(directory: Path, adapter: SMoLAdapter, optimizer, step: int, config: TrainConfig,
                      smol: SMoLConfig) -> None:
-    """Trainable tensors, optimizer state and the step, written to a temp dir and renamed."""
+    """Trainable tensors, optimizer state and the step, written with the host's atomic directory
+    writer (a kill at any point leaves the previous or the new checkpoint; the next run recovers)."""
     from safetensors.torch import save_file
 
-    tmp = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({n: p.detach().cpu().contiguous() for n, p in adapter.trainable_parameters()}, str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": config.to_dict(), "smol": smol.to_dict()}, indent=1))
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        directory.replace(old)
-    tmp.replace(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_directory(directory, overwrite=True) as tmp:
+        save_file({n: p.detach().cpu().contiguous() for n, p in adapter.trainable_parameters()},
+                  str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "config": config.to_dict(), "smol": smol.to_dict()},
+                                                   indent=1))
 
 
 _CHECKPOINT_FIX = "pass --restart to start the training over (the damaged checkpoint is replaced)"
@@ -162,6 +158,7 @@ def read_checkpoint(directory: Path) -> dict | None:
     """The checkpoint's state (step, settings), None when there is none; damage is one clear error."""
     from amoeba_plugin.statefiles import read_json
 
+    recover_destination(directory)  # finish or undo a checkpoint write a kill interrupted
     state = read_json(Path(directory) / "state.json", "training checkpoint state", _CHECKPOINT_FIX, default=None)
     if state is not None and (not isinstance(state.get("step"), int) or not isinstance(state.get("config"), dict)
                               or not isinstance(state.get("smol"), dict)):
@@ -244,7 +241,7 @@ def train_bundle(bundle_path, config: TrainConfig | None = None, smol: SMoLConfi
     state = None if restart else read_checkpoint(ckpt)
     if state is not None:
         _check_resume(state, config, smol)
-        if state["step"] >= config.steps and bundle.trained:
+        if state["step"] >= config.steps and bundle.trained and bundle.shape_scores:
             raise AmoebaError(f"this bundle is already trained for {state['step']} steps",
                               f"pass --steps above {state['step']} to train longer, or --restart")
         saved, optimizer_state = read_checkpoint_tensors(ckpt)  # a damaged checkpoint fails before the model loads
@@ -346,12 +343,15 @@ def train_bundle(bundle_path, config: TrainConfig | None = None, smol: SMoLConfi
                "seconds_this_run": round(seconds, 1), "config": config.to_dict(), "smol": smol.to_dict()}
     if step >= config.steps and main:
         adapter.eval()
-        bundle.save_adapter(adapter)
         from amoeba_plugin.api import get_calibration_dataset
+        from amoeba_plugin.data import record_seen_text
 
         windows = get_calibration_dataset(tokenizer, config.source, config.score_windows, config.seq_len, config.seed + 1)
         scores = score_shapes(adapter.base_model, anatomy, table, windows, adapter)
-        bundle.update_manifest(smol=smol.to_dict(), training=summary, shape_scores=scores)
+        seen = record_seen_text({"data": dict(bundle.manifest.get("data") or {})}, [config.source], "training",
+                                by="amoeballm")["data"]
+        # the adapter, its scores and the text it saw land together or not at all (a rerun finishes)
+        bundle.update_manifest(adapter=adapter, smol=smol.to_dict(), training=summary, shape_scores=scores, data=seen)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary

@@ -253,7 +253,7 @@ class EvolutionSearch:
                                       f"ask for at least {state['generation']} generations, or restart")
                 start_generation = resumed = state["generation"] + 1
                 self._write_log(history)
-            elif restart:
+            elif restart and self._is_search_dir():  # delete only what a search wrote (its state is the marker)
                 for name in (STATE, LOG, PLOT):
                     (self.work_dir / name).unlink(missing_ok=True)
         started = time.perf_counter()
@@ -305,6 +305,21 @@ class EvolutionSearch:
                             resumed_from=resumed)
 
     # ------------------------------------------------------------------ checkpoint, log, plot
+    def _is_search_dir(self) -> bool:
+        """Whether ``work_dir`` holds a search's files; raises when its ``state.json`` is someone else's
+        (restart must not delete it)."""
+        path = self.work_dir / STATE
+        if not path.exists():
+            return False
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            state = None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise AmoebaError(f"{path} is not a search checkpoint, so restart will not delete it",
+                              "use another work directory (checkpoint_dir)")
+        return True
+
     def _load_state(self) -> dict | None:
         state = read_state(self.work_dir)
         if state is None:

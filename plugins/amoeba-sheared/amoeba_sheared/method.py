@@ -8,9 +8,10 @@ pre-training are the ``amoeba sheared`` commands' job.
 from __future__ import annotations
 
 import copy
-import tempfile
 from dataclasses import dataclass
 
+from amoeba_plugin.data import record_seen_text
+from amoeba_plugin.export import scratch_directory
 from amoeba_plugin.methods import Method, PruneResult
 from amoeba_plugin.options import option, option_like
 
@@ -88,11 +89,13 @@ class ShearedMethod(Method):
             reference = reference_losses(data, domains, accelerator, source=model,
                                          parameters=shape_plan(anatomy, shape).num_parameters(anatomy))
         stage = PruningStage(model, anatomy, shape, options, train_config.steps, context.seed)
-        with tempfile.TemporaryDirectory(prefix="sheared-") as tmp:
+        with scratch_directory("sheared") as tmp:  # a killed run's scratch is removed by the next one
             result = train(stage, RunDir(tmp), train_config, data, domains, accelerator, resume=False,
                            reference=reference, proportions=None, show_progress=False)
         final = stage.final_model()
         plan, patch, _ = finalize(final, anatomy, stage.masks, target=shape.to_dict())
+        if options.domains:  # trained on text the calibration record does not name
+            record_seen_text(plan.provenance, [d.train for d in data.specs], "training", by="sheared")
         info = {"target": shape.to_dict(), "steps": result["steps"], "weights": options.weights,
                 "final_proportions": dict(zip([d.name for d in domains], result["final_proportions"]))}
         return PruneResult(plan, patch=patch, model=final, info=info)

@@ -14,6 +14,7 @@ import torch
 
 from amoeba_plugin.budget import Budget
 from amoeba_plugin.errors import AmoebaError, DataError, InvalidBudgetError
+from amoeba_plugin.export import write_text_atomic
 
 from .config import CPT_DATA_DEFAULTS, CPT_TRAIN_DEFAULTS, DataConfig, TrainConfig
 from .domains import load_domains
@@ -101,7 +102,7 @@ def _start(run: RunDir, settings: dict, resume: bool, accelerator) -> None:
     if accelerator.is_main_process and not resume:
         run.reset()
         run.path.mkdir(parents=True, exist_ok=True)
-        (run / RUN).write_text(json.dumps(settings, indent=1))
+        write_text_atomic(run / RUN, json.dumps(settings, indent=1))
     accelerator.wait_for_everyone()
 
 
@@ -118,7 +119,7 @@ def _reference(run: RunDir, resume: bool, compute, names, accelerator, dynamic: 
         return saved["losses"]
     losses = compute()
     if accelerator.is_main_process:
-        (run / REFERENCE).write_text(json.dumps({"domains": names, "losses": losses}, indent=1))
+        write_text_atomic(run / REFERENCE, json.dumps({"domains": names, "losses": losses}, indent=1))
     return losses
 
 
@@ -126,8 +127,23 @@ def _named(names, values):
     return None if values is None else dict(zip(names, values))
 
 
+def _record_texts(info: dict, data: DataConfig, model: str, by: str) -> dict:
+    """Every text the exported model saw: this run's domains (training) and what ``model`` saw."""
+    from amoeba_plugin.data import record_seen_text
+    from amoeba_plugin.models import resolve_model_path
+    from amoeba_plugin.pipeline import inherit_texts
+
+    record_seen_text(info, [d.train for d in data.specs], "training", by=by)
+    try:
+        return inherit_texts(info, resolve_model_path(model))
+    except AmoebaError:
+        return info
+
+
 def _export(run: RunDir, model, anatomy, plan, patch, tokenizer, sliced, info: dict) -> Path:
     from amoeba_plugin.export import ExportRequest, export
+
+    plan.provenance.setdefault("data", {})["seen"] = info.get("data", {}).get("seen", [])
 
     request = ExportRequest(model=model, anatomy=anatomy, plan=plan, tokenizer=tokenizer, patch=patch,
                             info=info, sliced=sliced)
@@ -137,7 +153,7 @@ def _export(run: RunDir, model, anatomy, plan, patch, tokenizer, sliced, info: d
 
 def _finish_summary(run: RunDir, summary: dict, accelerator) -> dict:
     if accelerator.is_main_process:
-        (run / SUMMARY).write_text(json.dumps(summary, indent=1))
+        write_text_atomic(run / SUMMARY, json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
     return summary
 
@@ -210,6 +226,7 @@ def prune(model: str, output, target: str | Budget = "0.5", data: DataConfig | N
             "sheared": {"stage": "pruning", "source_model": _model_id(model), "target": shape.to_dict(),
                         "domains": data.names, "reference": _named(data.names, reference),
                         "reference_kind": data.reference, "final_proportions": result["final_proportions"]}}
+        _record_texts(info, data, model, "sheared")
         summary["model"] = str(_export(run, final, anatomy, plan, patch, tokenizer, sliced, info))
     return _finish_summary(run, summary, accelerator)
 
@@ -277,6 +294,7 @@ def pretrain(model: str, output, data: DataConfig | None = None, train_config: T
                                    "stage": "pretraining", "domains": data.names,
                                    "reference": _named(data.names, reference) or info.get("reference"),
                                    "final_proportions": result["final_proportions"]}}
+        _record_texts(export_info, data, model, "sheared-cpt")
         summary["model"] = str(_export(run, final, anatomy, Plan.full(anatomy), None, tokenizer, None, export_info))
     return _finish_summary(run, summary, accelerator)
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from amoeba_plugin.errors import AmoebaError
-from amoeba_plugin.export import atomic_directory
+from amoeba_plugin.export import atomic_directory, recover_destination
 from amoeba_plugin.statefiles import (check_tensors_file, check_torch_file, check_writable, read_json, read_jsonl,
                                       read_tensors, read_torch)
 
@@ -102,7 +102,13 @@ class RunDir:
         return self.path / name
 
     def settings(self) -> dict | None:
-        return read_json(self / RUN, "Sheared run settings", _RUN_FIX, default=None)
+        """The run's settings, or None when ``run.json`` is missing or is not a Sheared run's marker
+        (a damaged marker is one clear error)."""
+        settings = read_json(self / RUN, "Sheared run settings", _RUN_FIX, default=None)
+        if not isinstance(settings, dict) or settings.get("stage") not in ("pruning", "pretraining") \
+                or not {"model", "train", "data"} <= set(settings):
+            return None
+        return settings
 
     def state(self) -> dict | None:
         state = read_json(self / CHECKPOINT / "state.json", "Sheared checkpoint state", _RUN_FIX, default=None)
@@ -123,18 +129,29 @@ class RunDir:
 
     def check(self, settings: dict, restart: bool) -> bool:
         """Whether this run resumes; raises when the directory belongs to another run, cannot be written,
-        or holds a damaged checkpoint. Writes nothing."""
+        or holds a damaged checkpoint. Writes nothing.
+
+        ``restart`` deletes only a Sheared run of the same stage (its ``run.json`` is the marker), so
+        it never empties a directory that holds something else."""
         if self.path.is_file():
             raise AmoebaError(f"{self.path} is a file", "choose a directory for --output")
         check_writable(self.path, "output directory")  # before the model loads, not at the first checkpoint
-        if restart or not self.path.exists():
+        if not self.path.exists():
             return False
-        if self.path.is_file():
-            raise AmoebaError(f"{self.path} is a file", "choose a directory for --output")
         old = self.settings()
+        if old is not None:  # finish or undo a checkpoint or export a kill interrupted
+            for name in (CHECKPOINT, MODEL):
+                recover_destination(self / name)
         if old is None:
             if any(self.path.iterdir()):
-                raise AmoebaError(f"{self.path} is not empty and holds no Sheared run",
+                raise AmoebaError(f"{self.path} is not empty and holds no Sheared run"
+                                  + (", so --restart will not delete anything there" if restart else ""),
+                                  "choose a new --output directory")
+            return False
+        if restart:
+            if old.get("stage") != settings.get("stage"):
+                raise AmoebaError(f"{self.path} holds a Sheared {old.get('stage', '?')} run, not a "
+                                  f"{settings.get('stage')} run, so --restart will not delete it",
                                   "choose a new --output directory")
             return False
         changed = sorted(k for k in set(old) | set(settings)
