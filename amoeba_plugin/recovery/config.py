@@ -10,7 +10,7 @@ from ..options import Options, build_options, option
 LOSSES = ("distill", "lm", "mixed")
 SCHEDULES = ("cosine", "linear", "constant")
 #: the learning rates used when ``lr`` is not given (see docs/recovery.md for the check that chose them)
-DEFAULT_LR_FULL = 1e-4
+DEFAULT_LR_FULL = 3e-4
 DEFAULT_LR_LORA = 1e-3
 #: settings a resumed run may change (they do not change the numbers)
 RESUMABLE = frozenset({"save_every", "log_every"})
