@@ -235,7 +235,7 @@ def calibration_texts(plan=None, export: str | os.PathLike | None = None) -> lis
     if plan is not None:
         found.append(recorded_calibration(plan.provenance))
         found += recorded_training(plan.provenance)
-    return [f for i, f in enumerate(found) if f is not None and f not in found[:i]]
+    return [f for f in found if f is not None]
 
 
 __all__ = ["MethodResultError", "MethodRun", "RunData", "calibration_texts", "recorded_calibration", "recorded_training",

@@ -1,8 +1,8 @@
 """Recovery after pruning: held-out perplexity against recovery tokens, logit distillation vs LM loss.
 
 The model is pruned once with ``--method`` to ``--budget`` through the host's
-:func:`~amoeba_plugin.pipeline.run_method` (the plan is kept in ``OUT/plan.json``, so a rerun slices it
-again instead of pruning), then the same sliced model is healed once per ``--losses`` arm with
+:func:`~amoeba_plugin.pipeline.run_method` (the sliced model, compensation folded in, is kept in
+``RUN_DIR/pruned`` and its plan in ``OUT/plan.json``, so a rerun does not prune again), then the same sliced model is healed once per ``--losses`` arm with
 :func:`amoeba_plugin.recovery.recover`: the same training text, token budget, batch order, LR schedule
 and seed; only the loss differs (``distill``: KL to the dense model's logits; ``lm``: next-token loss).
 Every ``--eval-every`` tokens the student's perplexity is measured on the first ``--eval-windows``
@@ -33,9 +33,7 @@ from amoeba_plugin.eval import PerplexityEvaluator
 from amoeba_plugin.methods import PruningContext
 from amoeba_plugin.models import load_model
 from amoeba_plugin.pipeline import run_method
-from amoeba_plugin.plan import Plan
 from amoeba_plugin.recovery import RecoveryConfig, recover
-from amoeba_plugin.surgery import slice_model
 from benchmarks.harness import (load_results, machine_info, parameter_counts, run_benchmark, split_list, utc_now,
                                 versions, write_json_atomic)
 
@@ -107,29 +105,31 @@ def perplexities(model, windows: dict) -> dict:
             for spec, w in windows.items()}
 
 
-def pruned_model(args, model, tokenizer, out: Path):
-    """The sliced model: the plan from ``OUT/plan.json`` when it is there, else pruned now."""
+def pruned_model(args, model, tokenizer, out: Path, run_root: Path):
+    """The sliced model, pruned through :func:`run_method` once and kept in ``RUN_DIR/pruned`` (the plan
+    alone would not do: FLAP's compensation biases are a patch folded in by slicing)."""
+    from transformers import AutoModelForCausalLM
+
     from amoeba_plugin.anatomy import anatomy_of
 
-    anatomy = anatomy_of(model)
-    plan_path = out / "plan.json"
-    if plan_path.is_file():
-        plan = Plan.load(plan_path)
-        plan.validate(anatomy)
-        log(f"plan from {plan_path}")
-        return slice_model(model, anatomy, plan), plan, None
+    saved = run_root / "pruned"
+    if (saved / "config.json").is_file() and (out / "plan.json").is_file():
+        log(f"pruned model from {saved}")
+        return AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval(), None
     config = PruningConfig(method=args.method, budget=args.budget, calibration=args.calibration,
                            calibration_samples=args.calibration_samples, calibration_seq_len=args.calibration_seq_len,
                            seed=args.seed, evaluation=None)
     method, budget, data, options = preflight(config)
-    context = PruningContext(model=model, tokenizer=tokenizer, anatomy=anatomy, budget=budget, options=options,
-                             seed=args.seed, calibration=data.calibration_provider(tokenizer))
+    context = PruningContext(model=model, tokenizer=tokenizer, anatomy=anatomy_of(model), budget=budget,
+                             options=options, seed=args.seed, calibration=data.calibration_provider(tokenizer))
     began = time.perf_counter()
     run = run_method(method, context, data, config=config)
     seconds = time.perf_counter() - began
-    run.plan.save(plan_path)
-    log(f"pruned with {args.method} to {args.budget} in {seconds:.0f}s")
-    return run.slice(), run.plan, seconds
+    sliced = run.slice()
+    sliced.save_pretrained(saved)
+    run.plan.save(out / "plan.json")
+    log(f"pruned with {args.method} to {args.budget} in {seconds:.0f}s (under load)")
+    return sliced, seconds
 
 
 def run(args) -> int:
@@ -144,7 +144,7 @@ def run(args) -> int:
     if not results.has("dense"):
         results.put("dense", {"arm": "dense", "tokens": 0, "parameters": parameter_counts(model)[0],
                               "perplexity": perplexities(model, windows)})
-    pruned, plan, prune_s = pruned_model(args, model, tokenizer, out)
+    pruned, prune_s = pruned_model(args, model, tokenizer, out, run_root)
     if prune_s is not None:
         results.set("prune_seconds_under_load", round(prune_s, 1))
     if not results.has("pruned"):

@@ -80,7 +80,7 @@ def test_config_round_trip_and_checks():
                          lora_rank=4, eval_every=1024, seed=3)
     again = RecoveryConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and again.to_dict() == cfg.to_dict()
-    assert cfg.steps == 4 and cfg.peak_lr == pytest.approx(1e-3)  # LoRA's default LR
+    assert cfg.steps == 4 and cfg.peak_lr == pytest.approx(3e-3)  # LoRA's default LR
     assert RecoveryConfig(tokens=1).steps == 1
     with pytest.raises(AmoebaError, match="tokens"):
         RecoveryConfig.from_dict({"loss": "lm"})

@@ -11,7 +11,7 @@ LOSSES = ("distill", "lm", "mixed")
 SCHEDULES = ("cosine", "linear", "constant")
 #: the learning rates used when ``lr`` is not given (see docs/recovery.md for the check that chose them)
 DEFAULT_LR_FULL = 3e-4
-DEFAULT_LR_LORA = 1e-3
+DEFAULT_LR_LORA = 3e-3
 #: settings a resumed run may change (they do not change the numbers)
 RESUMABLE = frozenset({"save_every", "log_every"})
 
