@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data import TextSpec, resolve_source, source_tokens, spec_of
+from ..data import TextSpec, source_tokens, spec_of
 from ..errors import DataError
 
 
