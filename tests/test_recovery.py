@@ -344,3 +344,46 @@ def test_prune_recover_flag_on_the_embedded_model(tmp_path):
     assert "pruned ->" in result.output and "recovered" in result.output
     info = json.loads((tmp_path / "out" / "amoeba_export.json").read_text())["info"]
     assert info["data"]["recovery"][0]["sources"] == ["sotu:train"]
+
+
+_TWO_PROCESSES = '''
+import os, sys, torch
+from amoeba_plugin.anatomy import anatomy_of
+from amoeba_plugin.plan import Plan
+from amoeba_plugin.recovery import RecoveryConfig, recover
+from amoeba_plugin.surgery import slice_model
+from amoeba_plugin.testing import make_tiny, tiny_tokenizer
+teacher = make_tiny("llama")
+anatomy = anatomy_of(teacher)
+plan = Plan.full(anatomy)
+for lp in plan.layers:
+    lp.kv_groups = [0]
+    lp.mlp_channels = list(range(64))
+plan.layers = plan.layers[:3]
+cfg = RecoveryConfig(tokens=4 * 4 * 32, seq_len=32, batch_size=4, lr=3e-3, source=sys.argv[2], eval_source=sys.argv[3],
+                     eval_windows=4, warmup=0.0)
+result = recover(slice_model(teacher, anatomy, plan), teacher, tiny_tokenizer(), cfg, progress=False)
+if int(os.environ.get("RANK", "0")) == 0:
+    torch.save(result.model.state_dict(), sys.argv[1])
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_compute_what_one_computes(texts, tmp_path):
+    """``torchrun --nproc_per_node 2`` (what ``accelerate launch`` starts): each process trains on half
+    of every batch, gloo averages the gradients; the weights match one process to float tolerance."""
+    import os
+    import subprocess
+    import sys
+
+    train, _, held = texts
+    script = tmp_path / "two.py"
+    script.write_text(_TWO_PROCESSES)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt"), train, held], check=True, env=env,
+                   timeout=600)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                    str(tmp_path / "two.pt"), train, held], check=True, env=env, timeout=600)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, atol=1e-4, rtol=1e-4)
