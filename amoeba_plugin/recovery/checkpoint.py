@@ -67,6 +67,9 @@ class RecoveryRun:
         if self.path.exists() and not self.path.is_dir():
             raise AmoebaError(f"run_dir {self.path} is a file", "pass a directory for the recovery run")
         old = self.settings()
+        if old is not None and self.latest() is None:  # a run that never reached its first checkpoint
+            old = None
+            (self.path / SETTINGS).unlink()
         if old is None:
             if self.path.is_dir() and any(self.path.iterdir()):
                 raise AmoebaError(f"run_dir {self.path} is not empty and holds no recovery run",

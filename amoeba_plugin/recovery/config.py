@@ -50,8 +50,8 @@ class RecoveryConfig(Options):
                                                         "must not be training text")
     eval_windows: int = option(8, "held-out windows of seq_len tokens per evaluation", ge=1)
     eval_every: int = option(0, "tokens between held-out evaluations (0: only before and after)", ge=0)
-    save_every: int = option(0, "tokens between checkpoints when run_dir is given (0: at every evaluation "
-                                "and at the end)", ge=0)
+    save_every: int = option(0, "tokens between checkpoints when run_dir is given (0: at every evaluation, "
+                                "else 4 times a run; always at the end)", ge=0)
     log_every: int = option(1, "optimizer steps between log records", ge=1)
     seed: int = option(0, "seed of the data order, the mixture draws and dropout", ge=0)
 

@@ -256,7 +256,7 @@ def recover(student, teacher, tokenizer, config: RecoveryConfig | dict | str, ru
     steps = config.steps
     eval_every = config.every(config.eval_every)
     update_every = config.every(config.update_every) or eval_every or max(1, steps // 4)
-    save_every = config.every(config.save_every) or eval_every or steps
+    save_every = config.every(config.save_every) or eval_every or max(1, steps // 4)
 
     if device.type == "cpu" and next(student.parameters()).dtype in (torch.float16, torch.bfloat16):
         student.float()  # CPU training in half precision loses the small updates: float32 on CPU
