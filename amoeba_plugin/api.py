@@ -70,6 +70,9 @@ class PruningConfig:
     method_options: dict = field(default_factory=dict)
     #: evaluate on the calibration text anyway (normally refused: the pruning decisions saw it)
     allow_calibration_overlap: bool = False
+    #: heal the sliced model before export: a :class:`~amoeba_plugin.recovery.RecoveryConfig`, a dict of
+    #: its options or ``"tokens=N,loss=lm"`` text; the teacher is the source model. None: no recovery
+    recovery: Any = None
 
     def __post_init__(self):
         if isinstance(self.budget, dict):
@@ -102,6 +105,10 @@ class PruningConfig:
         except (TypeError, ValueError) as exc:
             raise AmoebaError(f"method_options are not JSON-serialisable ({exc})",
                               "use plain numbers, strings, lists and dicts as option values") from None
+        if self.recovery is not None:
+            from .recovery.config import coerce
+
+            self.recovery = coerce(self.recovery)
 
     @property
     def budget_spec(self) -> Budget:
@@ -113,6 +120,7 @@ class PruningConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["budget"] = _budget_text(self.budget_spec)
         out["method_options"] = json.loads(json.dumps(self.method_options))
+        out["recovery"] = self.recovery.to_dict() if self.recovery is not None else None
         return out
 
     @classmethod
@@ -168,6 +176,8 @@ class PruningOutput:
     export_path: Path | None = None
     patch: dict | None = None
     info: dict = field(default_factory=dict)
+    #: the :class:`~amoeba_plugin.recovery.RecoveryResult` when the config asked for recovery
+    recovery: Any = None
 
 
 def get_calibration_dataset(tokenizer, source: str = "sotu:train", num_samples: int = 32, seq_len: int = 256,
@@ -231,12 +241,36 @@ def preflight(config: PruningConfig, save_directory=None, overwrite: bool = Fals
         from .data import check_disjoint
 
         check_disjoint(data.calibration, data.evaluation, config.allow_calibration_overlap)
+    if config.recovery is not None:
+        _check_recovery(config, data, has_tokenizer)
     if save_directory is not None:
         from .export import check_destination
 
         get("exporters", config.exporter)
         check_destination(save_directory, overwrite)
     return Preflight(method, budget, data, options)
+
+
+#: exporters that write the sliced model they are handed (so a healed model survives the export)
+RECOVERY_EXPORTERS = {"auto": "auto", "hf": "stock", "amoeba": "amoeba"}
+
+
+def _check_recovery(config: PruningConfig, data: RunData, has_tokenizer: bool) -> None:
+    """A run with ``recovery``: a tokenizer, a model exporter, and evaluation text it does not train on."""
+    from .recovery.loop import check_text
+    from .recovery.mixture import check_heldout
+
+    if not has_tokenizer:
+        raise DataError("recovery trains on text and this model has no tokenizer",
+                        "pass tokenizer= to AmoebaPruner.from_pretrained, or drop recovery")
+    if config.exporter not in RECOVERY_EXPORTERS:
+        raise AmoebaError(f"the '{config.exporter}' exporter rebuilds the model from the source and the plan, so "
+                          "the recovered weights would not be written",
+                          f"use --exporter {', '.join(RECOVERY_EXPORTERS)} with --recover, or run `amoeba recover` "
+                          "on the export afterwards")
+    training, _ = check_text(config.recovery)
+    if data.evaluation is not None and not config.allow_calibration_overlap:
+        check_heldout(training, data.evaluation)
 
 
 def run_data(config: PruningConfig, evaluation: str | None = None) -> RunData:
@@ -320,10 +354,20 @@ class AmoebaPruner:
                                  calibration=data.calibration_provider(self.tokenizer))
         run = run_method(method, context, data, config=config)
         inherit_texts(run.plan.provenance, self.name)  # what the source model saw travels on
-        sliced = run.slice()
+        prefer = RECOVERY_EXPORTERS.get(config.exporter, "auto") if config.recovery is not None else "auto"
+        sliced = run.slice() if prefer == "auto" else self._slice_as(run, prefer)
         summary = self._summary(run, budget)
 
-        ppl_after = None
+        ppl_after = recovery = record = None
+        if config.recovery is not None:
+            from .recovery import recover
+
+            if windows is not None:
+                summary["perplexity_pruned"] = self._perplexity(sliced, windows, data)
+            recovery = recover(sliced, self.model, self.tokenizer, config.recovery)
+            sliced = recovery.model
+            record = recovery.record(teacher=self.name)
+            summary["recovery"] = record
         if windows is not None:
             ppl_after = self._perplexity(sliced, windows, data)
             summary.update(perplexity_before=ppl_before, perplexity_after=ppl_after)
@@ -336,10 +380,22 @@ class AmoebaPruner:
                     "summary": summary, **({"method_info": run.info} if run.info else {})}
             if ppl_before is not None:
                 info["perplexity"] = {"source": config.evaluation, "before": ppl_before, "after": ppl_after}
+            if record is not None:
+                from .recovery.saving import add_recovery
+
+                info = add_recovery(info, record)
             export_path = self._export(run, sliced, info, config, save_directory, overwrite)
         return PruningOutput(model=sliced, plan=run.plan, summary=summary, config=config,
                              perplexity_before=ppl_before, perplexity_after=ppl_after, export_path=export_path,
-                             patch=run.patch, info=run.info)
+                             patch=run.patch, info=run.info, recovery=recovery)
+
+    @staticmethod
+    def _slice_as(run, prefer: str):
+        """The sliced model in the architecture the exporter writes (``stock`` or ``amoeba``), so the
+        model recovery trains is the one exported."""
+        from .surgery import slice_model
+
+        return slice_model(run.model, run.anatomy, run.plan, patch=run.patch, prefer=prefer)
 
     @staticmethod
     def _perplexity(model, windows, data: RunData) -> float:
@@ -380,6 +436,7 @@ __all__ = [
     "export_with_config",
     "get_calibration_dataset",
     "Preflight",
+    "RECOVERY_EXPORTERS",
     "preflight",
     "run_data",
 ]

@@ -205,9 +205,22 @@ def recorded_calibration(record: dict | None) -> str | None:
     return source if isinstance(source, str) else None
 
 
+def recorded_training(record: dict | None) -> list[str]:
+    """The texts a recovery trained the model on, as recorded in ``record["data"]["recovery"]`` (one
+    record or a list, each with ``sources``), canonical ``name:split``."""
+    data = (record or {}).get("data")
+    runs = data.get("recovery") if isinstance(data, dict) else None
+    runs = runs if isinstance(runs, list) else [runs] if isinstance(runs, dict) else []
+    out = []
+    for run in runs:
+        sources = run.get("sources") if isinstance(run, dict) else None
+        out += [s for s in (sources if isinstance(sources, list) else []) if isinstance(s, str) and s not in out]
+    return out
+
+
 def calibration_texts(plan=None, export: str | os.PathLike | None = None) -> list[str]:
-    """The calibration texts a plan and/or an export directory (its ``amoeba_export.json``) record,
-    so evaluation can refuse the text the pruning decisions saw."""
+    """The texts a plan and/or an export directory (its ``amoeba_export.json``) record the model saw:
+    the calibration text, and the training text of any recovery, so evaluation can refuse them."""
     from .export.writers import EXPORT_INFO
 
     found = []
@@ -218,9 +231,12 @@ def calibration_texts(plan=None, export: str | os.PathLike | None = None) -> lis
                 info = json.loads(path.read_text()).get("info", {})
             except (OSError, ValueError, AttributeError):
                 info = {}
-            found.append(recorded_calibration(info if isinstance(info, dict) else {}))
+            info = info if isinstance(info, dict) else {}
+            found.append(recorded_calibration(info))
+            found += recorded_training(info)
     if plan is not None:
         found.append(recorded_calibration(plan.provenance))
+        found += recorded_training(plan.provenance)
     return [f for f in found if f is not None]
 
 
@@ -272,4 +288,4 @@ def inherit_texts(record: dict, source_model: str | os.PathLike | None) -> dict:
 
 
 __all__ = ["MethodResultError", "MethodRun", "RunData", "calibration_texts", "inherit_texts", "recorded_calibration",
-           "recorded_texts", "run_method"]
+           "recorded_texts", "recorded_training", "run_method"]

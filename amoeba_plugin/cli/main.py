@@ -2,7 +2,7 @@
 
 The group, its error handling and the loading of plugin commands; the commands live in modules
 named for them (:mod:`.info`: plugins, methods, inspect, tasks; :mod:`.prune`: prune, export;
-:mod:`.evaluate`: eval; :mod:`.fetch`) and plugins build theirs with :mod:`.options`. A thin layer
+:mod:`.evaluate`: eval; :mod:`.recover`; :mod:`.fetch`) and plugins build theirs with :mod:`.options`. A thin layer
 over :mod:`amoeba_plugin.api`. A user error (:class:`~amoeba_plugin.errors.AmoebaError`)
 prints one line, ``error: <problem>. Fix: <fix>``, and exits with status 2; ``--debug`` or
 ``AMOEBA_DEBUG=1`` shows the traceback instead. torch and transformers are imported inside the
@@ -28,6 +28,7 @@ from .info import inspect, methods, plugins, tasks
 from .options import parse_options  # noqa: F401  (public here before amoeba_plugin.cli.options existed)
 from .options import table as _table  # noqa: F401
 from .prune import export, prune
+from .recover import recover
 
 ENV_DEBUG = "AMOEBA_DEBUG"
 EXIT_USER_ERROR = 2
@@ -145,7 +146,7 @@ def cli(debug: bool, quiet: bool):
     """
 
 
-for _command in (plugins, methods, inspect, prune, eval_, tasks, export, fetch):
+for _command in (plugins, methods, inspect, prune, recover, eval_, tasks, export, fetch):
     cli.add_command(_command)
 tasks_ = tasks  # the name the command had here before the split
 

@@ -74,6 +74,7 @@ class AmoebaCommand(BaseOptimumCLICommand):
     COMMAND = CommandInfo(name="amoeba", help="Structured pruning of causal LMs (amoeba-plugin); see `amoeba --help`.")
     SUBCOMMANDS = (
         _leaf("prune", "Prune a model to a budget and export it (amoeba prune --help)."),
+        _leaf("recover", "Heal a pruned model by distillation from its source model (amoeba recover --help)."),
         _leaf("inspect", "Show the prunable structure of a model."),
         _leaf("plugins", "List amoeba plugins and what they registered."),
         _leaf("methods", "List pruning methods."),

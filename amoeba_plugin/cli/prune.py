@@ -20,6 +20,8 @@ _DEFAULTS = pruning_defaults()
 @export_options()
 @evaluation_options()
 @option_pairs()
+@flag("--recover", "recovery", default=None, metavar="tokens=N[,loss=lm,...]",
+      help="Then heal the pruned model by distillation from MODEL (see `amoeba recover`, docs/recovery.md).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=True), default=None,
               help="Read settings from a pruning_config.json (flags given explicitly still win).")
 def prune(model, options, config_path, output, overwrite, evaluate, **settings):
@@ -43,6 +45,7 @@ def prune(model, options, config_path, output, overwrite, evaluate, **settings):
     pruner = AmoebaPruner.from_pretrained(loaded, tokenizer=tokenizer)
     pruner.name = model
     with status(f"pruning with {config.method} to {config.budget_spec}"
+                + (f", recovering on {config.recovery.tokens:,} tokens" if config.recovery is not None else "")
                 + (" and exporting" if output else "") + (" (with evaluation)" if evaluate else "")):
         out = pruner.prune(config, save_directory=output, overwrite=overwrite, evaluate=evaluate)
     for line in parameter_lines(pruner.anatomy, out.plan):
@@ -54,8 +57,14 @@ def prune(model, options, config_path, output, overwrite, evaluate, **settings):
                    f"head_dim {s['head_dim']}, intermediate {s['intermediate_size']}")
     elif shape:
         click.echo(f"shape:          {len(shape)} layers, per-layer shapes differ (see plan.json)")
-    if out.perplexity_before is not None:
+    if out.perplexity_before is not None and "perplexity_pruned" in out.summary:
+        click.echo(f"perplexity ({config.evaluation}): {out.perplexity_before:.3f} -> "
+                   f"{out.summary['perplexity_pruned']:.3f} pruned -> {out.perplexity_after:.3f} recovered")
+    elif out.perplexity_before is not None:
         click.echo(f"perplexity ({config.evaluation}): {out.perplexity_before:.3f} -> {out.perplexity_after:.3f}")
+    if out.recovery is not None:
+        click.echo(f"recovery:       {out.recovery.tokens:,} tokens of {config.recovery.source} with "
+                   f"loss={config.recovery.loss} in {out.recovery.wall_s:.0f}s")
     if out.export_path is not None:
         click.echo(f"export written to {out.export_path}")
     else:

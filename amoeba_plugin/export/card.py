@@ -18,7 +18,10 @@ TAGS = ("amoeba-plugin", "pruned", "structured-pruning")
 _FACTS = (("method", "Method"), ("budget", "Budget"), ("metric", "Importance metric"), ("seed", "Seed"),
           ("calibration", "Calibration data"))
 #: info keys that are not facts about pruning (or that other sections render)
-_SKIP = {"source_model", "plan", "summary", "pruning_config", "method_info", "perplexity", "metrics"}
+_SKIP = {"source_model", "plan", "summary", "pruning_config", "method_info", "perplexity", "metrics", "recovery"}
+#: what a card says about the weights when recovery trained them after slicing
+UNCHANGED = "the remaining weights are copied from the source unchanged"
+RECOVERED = "the remaining weights were copied from the source, then trained to recover (see Recovery below)"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -120,8 +123,9 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
                   f"A structurally pruned version of {what} ({anatomy.model_type}, {anatomy.num_layers} layers), "
                   f"written by amoeba-plugin {_version()} with the `{exporter_name}` exporter. Whole structural "
                   "units (layers, attention heads, KV groups, channels) were removed, so the model is physically "
-                  "smaller; the remaining weights are copied from the source unchanged"
-                  + (" except for the compensation tensors listed below" if request.patch else "") + ".", ""]
+                  "smaller; " + (RECOVERED if info.get("recovery") else UNCHANGED
+                                 + (" except for the compensation tensors listed below" if request.patch else ""))
+                  + ".", ""]
 
     lines += ["## How it was pruned", ""]
     for key, label in _FACTS:
@@ -183,6 +187,8 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
                          f"{'-' if a is None else _fmt(a)} |")
         lines.append("")
 
+    if info.get("recovery"):
+        lines += recovery_section(info["recovery"]).splitlines()
     lines += ["## How to use", ""]
     if sliced_model is None:
         lines += ["Apply the plan to the source model with the `amoeba` CLI:", "", "```bash",
@@ -213,4 +219,32 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["TAGS", "hub_id", "model_card"]
+def recovery_section(records) -> str:
+    """The card's "Recovery" section: one entry per recovery run (a record or a list of them, as
+    :meth:`amoeba_plugin.recovery.RecoveryResult.record` writes them)."""
+    records = records if isinstance(records, list) else [records]
+    lines = ["## Recovery", "",
+             "After pruning, the model was trained to win back quality (amoeba-plugin's `recover`):", ""]
+    for n, r in enumerate(records, 1):
+        if not isinstance(r, dict):
+            continue
+        loss = {"distill": "logit distillation (KL to the teacher's logits)", "lm": "next-token (LM) loss",
+                "mixed": "distillation mixed with the LM loss"}.get(r.get("loss"), str(r.get("loss")))
+        head = f"- Run {n}: " if len(records) > 1 else "- "
+        lines.append(f"{head}{_fmt(r.get('tokens'))} tokens of `{r.get('source')}` with {loss}"
+                     + (f" from `{r['teacher']}`" if r.get("teacher") else "")
+                     + (f", LoRA rank {r['lora_rank']} merged into the weights" if r.get("lora_rank") else
+                        ", every weight trained")
+                     + (f", peak LR {r['lr']:g}" if isinstance(r.get("lr"), (int, float)) else "")
+                     + (f", seed {r['seed']}" if r.get("seed") is not None else ""))
+        before, after = r.get("heldout_loss_before"), r.get("heldout_loss_after")
+        if isinstance(before, (int, float)) and isinstance(after, (int, float)):
+            import math
+
+            lines.append(f"  - held-out perplexity on `{r.get('eval_source')}`: {math.exp(before):.2f} → "
+                         f"{math.exp(after):.2f}")
+    lines += ["", "The training text is recorded so evaluation refuses it (`amoeba eval` checks it).", ""]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["RECOVERED", "TAGS", "UNCHANGED", "hub_id", "model_card", "recovery_section"]
