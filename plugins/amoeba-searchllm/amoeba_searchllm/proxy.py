@@ -55,6 +55,23 @@ def refit_with_bias(weight: torch.Tensor, bias: torch.Tensor | None, gram_aug: t
     return sol[:, :-1].to(weight.dtype), sol[:, -1].to(weight.dtype)
 
 
+def _augmented_weight(module) -> torch.Tensor:
+    w = module.weight.detach().to(torch.float64)
+    b = torch.zeros(w.shape[0], dtype=torch.float64) if module.bias is None else module.bias.detach().double()
+    return torch.cat([w, b[:, None]], 1)
+
+
+def _solve(gram: torch.Tensor, wh: torch.Tensor, wa: torch.Tensor, kept, damping: float):
+    """:func:`refit_with_bias` from a precomputed ``H`` and ``W·H`` (float32: a proxy, not the final fit)."""
+    k = torch.as_tensor(list(kept) + [wa.shape[1] - 1], dtype=torch.long)
+    hkk = gram[k][:, k]
+    delta = damping * float(torch.diagonal(hkk)[:-1].mean())
+    hkk = hkk + delta * torch.eye(len(k), dtype=hkk.dtype)
+    rhs = (wh[:, k] + delta * wa[:, k]).T
+    sol = torch.linalg.solve(hkk, rhs).T
+    return sol[:, :-1], sol[:, -1]
+
+
 class ReformProxy:
     """Patches that compensate a candidate's pruned o_proj / down_proj columns (see the module
     docstring); ``stats``: dense-model statistics of the o and down inputs (with Gram matrices for
@@ -66,7 +83,13 @@ class ReformProxy:
         for layer in anatomy.layers:
             for role in ("o", "down"):
                 acc = stats.layer(layer.index).input(role)
-                self.inputs[(layer.index, role)] = (acc.mean, augmented_gram(acc).float() if mode == "refit" else None)
+                prepared = None
+                if mode == "refit":  # H and W·H once per linear: a refit then only solves on the kept columns
+                    module = model.get_submodule(layer.modules[role])
+                    gram = augmented_gram(acc)
+                    wa = _augmented_weight(module)
+                    prepared = (gram.float(), (wa @ gram).float(), wa.float())
+                self.inputs[(layer.index, role)] = (acc.mean, prepared)
         self.cache: OrderedDict = OrderedDict()
         self.cache_size = cache_size
         self.hits = self.misses = 0
@@ -102,7 +125,7 @@ class ReformProxy:
             hit = self.cache.get(key)
             if hit is None:
                 self.misses += 1
-                w_k, b = refit_with_bias(module.weight, module.bias, gram, kept, self.damping)
+                w_k, b = _solve(*gram, kept, self.damping)
                 hit = (w_k.half(), b)  # half precision: a cache entry is a fraction of the layer
                 self.cache[key] = hit
                 if len(self.cache) > self.cache_size:
