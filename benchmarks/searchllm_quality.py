@@ -39,13 +39,18 @@ HERE = Path(__file__).resolve().parent
 
 EVAL_SOURCES = ("sotu:validation", "brown:test", "moby-dick:test")
 BASELINES = ("uniform-magnitude", "wanda-sp", "flap")
+#: the paper-literal settings of the backend (its defaults since depart from the paper; docs/searchllm.md)
+PAPER_LITERAL = {"warm_start": "none", "repair": False, "fitness_reform": "none", "reformation_bias": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="amoeba-tiny-sotu")
     p.add_argument("--budgets", default="0.7,0.5", help="fractions of all parameters")
-    p.add_argument("--preset", default="paper", help="search population preset (paper, quick, smoke)")
+    p.add_argument("--preset", default="paper", help="search population preset (fast, paper, quick, smoke)")
+    p.add_argument("--variant", default="paper", choices=("paper", "default"),
+                   help="paper: the paper's start, drop-outside-the-window, unreformed fitness and reformation "
+                        "without bias (what the committed results measured); default: the backend's defaults")
     p.add_argument("--generations", type=int, default=None)
     p.add_argument("--fitness-windows", type=int, default=8)
     p.add_argument("--fitness-seq-len", type=int, default=128)
@@ -96,7 +101,8 @@ def run(args) -> int:
                               calibration=lambda: calibration.clone())
 
     search_options = {"preset": args.preset, "generations": args.generations, "fitness_windows": args.fitness_windows,
-                      "fitness_seq_len": args.fitness_seq_len, "evaluation": args.evaluation}
+                      "fitness_seq_len": args.fitness_seq_len, "evaluation": args.evaluation,
+                      **(PAPER_LITERAL if args.variant == "paper" else {})}
     search_options = {k: v for k, v in search_options.items() if v is not None}
     method = get("methods", "searchllm")
     for budget in (f"params={b}" for b in args.budgets.split(",")):

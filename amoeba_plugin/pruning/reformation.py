@@ -111,10 +111,38 @@ def _pieces(plan, anatomy):
             yield layer, "down", list(lp.mlp_channels)
 
 
-def _refit(model, layer, role: str, kept, gram, options: dict, patch: dict, report: dict | None) -> None:
+def with_intercept(weight: torch.Tensor, bias: torch.Tensor | None, stats) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([W, b], [[X Xᵀ, Σx], [Σxᵀ, n]])``: the linear with its bias as one more input column that is
+    always 1, so refitting the kept columns plus that one fits an output bias too (least squares with
+    an intercept; FLAP's bias compensation is its special case with the kept columns left alone)."""
+    w = weight.detach()
+    b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if bias is None else bias.detach()
+    g = stats.gram.to(torch.float64)
+    d = g.shape[0]
+    aug = torch.empty(d + 1, d + 1, dtype=torch.float64, device=g.device)
+    aug[:d, :d] = g
+    aug[:d, d] = aug[d, :d] = stats.sum.to(g.device, torch.float64)
+    aug[d, d] = float(stats.count)
+    return torch.cat([w, b[:, None]], 1), aug
+
+
+def _refit(model, layer, role: str, kept, stats, options: dict, patch: dict, report: dict | None) -> None:
     name = layer.modules[role]
-    weight = model.get_submodule(name).weight
-    reformed = reform_columns(weight, gram, kept, **options)
+    module = model.get_submodule(name)
+    weight, gram = module.weight, stats.gram
+    options = dict(options)
+    if options.pop("bias", False):
+        augmented, gram_aug = with_intercept(weight, module.bias, stats)
+        solved = reform_columns(augmented, gram_aug, list(kept) + [weight.shape[1]], **options)
+        reformed = solved[:, :-1]
+        patch[f"{name}.bias"] = solved[:, -1].to(weight.dtype).clone()
+        if report is not None:
+            report[name] = {"dropped": round(output_error(augmented, gram_aug, list(kept) + [weight.shape[1]]), 6),
+                            "reformed": round(output_error(augmented, gram_aug, list(kept) + [weight.shape[1]],
+                                                           solved), 6)}
+            report = None
+    else:
+        reformed = reform_columns(weight, gram, kept, **options)
     full = weight.detach().clone()
     full[:, torch.as_tensor(kept, dtype=torch.long, device=full.device)] = reformed.to(full.device)
     patch[f"{name}.weight"] = full
@@ -125,11 +153,13 @@ def _refit(model, layer, role: str, kept, gram, options: dict, patch: dict, repo
 
 def reformation_patch(model, anatomy, plan, windows: torch.Tensor, *, solver: str = "exact", damping: float = 0.01,
                       rho: float = 1.0, iterations: int = 30, batch_size: int = 8, inputs: str = "sequential",
-                      report: dict | None = None) -> dict[str, torch.Tensor]:
+                      report: dict | None = None, bias: bool = False) -> dict[str, torch.Tensor]:
     """``{"<o_proj|down_proj>.weight": full-size weight whose kept columns are refitted}`` for every
     column-pruned linear of ``plan``, fitted on ``windows`` (see the module docstring for ``inputs``).
     Pass it as ``patch`` to ``slice_model`` / ``apply_soft``. ``report``, when given, receives the
-    relative output error of each linear (on its fitting inputs) before and after."""
+    relative output error of each linear (on its fitting inputs) before and after. ``bias=True`` fits
+    an output bias with the kept columns (an intercept; the patch then holds ``<linear>.bias`` too, and
+    the plan should say ``output_bias``)."""
     if solver not in SOLVERS:
         raise AmoebaError(f"unknown reformation solver '{solver}'", f"use one of: {', '.join(SOLVERS)}")
     if inputs not in INPUTS:
@@ -140,13 +170,13 @@ def reformation_patch(model, anatomy, plan, windows: torch.Tensor, *, solver: st
     patch: dict[str, torch.Tensor] = {}
     if not todo:
         return patch
-    options = {"solver": solver, "damping": damping, "rho": rho, "iterations": iterations}
+    options = {"solver": solver, "damping": damping, "rho": rho, "iterations": iterations, "bias": bias}
     if inputs == "dense":
         from ..calibration import collect_statistics
 
         def on_layer(layer, stats):
             for role, kept in todo[layer.index].items():
-                _refit(model, layer, role, kept, stats.input(role).gram, options, patch, report)
+                _refit(model, layer, role, kept, stats.input(role), options, patch, report)
 
         collect_statistics(model, anatomy, windows, gram=True, sites=("o", "down"), batch_size=batch_size,
                            layers=sorted(todo), on_layer=on_layer, keep_gram=False)
@@ -173,13 +203,13 @@ def _sequential(model, anatomy, plan, windows, todo, options, patch, report, bat
             acc = InputStats()
             step.run(variant(layer.index, kv_groups=None, query_heads=None, head_channels=None),
                      [(layer.modules["o"], lambda x: acc.add(x, True))])
-            _refit(model, layer, "o", roles["o"], acc.gram, options, patch, report)
+            _refit(model, layer, "o", roles["o"], acc, options, patch, report)
         if "down" in roles:  # dense gate/up after the pruned, reformed attention
             acc = InputStats()
             step.run(variant(layer.index, mlp_channels=None), [(layer.modules["down"], lambda x: acc.add(x, True))])
-            _refit(model, layer, "down", roles["down"], acc.gram, options, patch, report)
+            _refit(model, layer, "down", roles["down"], acc, options, patch, report)
 
     layer_pass(model, anatomy, windows, refit, subnet=plan, patch=patch, batch_size=batch_size, desc="reformation")
 
 
-__all__ = ["INPUTS", "SOLVERS", "output_error", "reform_columns", "reformation_patch"]
+__all__ = ["INPUTS", "SOLVERS", "output_error", "reform_columns", "reformation_patch", "with_intercept"]

@@ -32,7 +32,7 @@ def searchllm():
 @export_options()
 @option_flags(SearchLLMOptions, include=FLAGS, into="method_options",
               decls={"checkpoint_dir": ("--work", "-w")}, aliases={"checkpoint_dir": ("--checkpoint-dir",)})
-@calibration_options(calibration_samples=136)
+@calibration_options(calibration_samples=132)
 @evaluation_options()
 @option_pairs(help="Any other searchllm option (repeatable; JSON values), e.g. attention_range=0.6,1 "
                    "(see `amoeba methods searchllm`).")
@@ -40,7 +40,7 @@ def run(model, method_options, options, output, overwrite, evaluate, **settings)
     """Initialise, search and reform MODEL under BUDGET; export with --output.
 
     --work keeps the search log, checkpoint and progress plot: rerun the same command to resume.
-    --calibration-samples counts the fitness windows too (136 = the paper's 128 for the refit + 8;
+    --calibration-samples counts the fitness windows too (132 = the paper's 128 for the refit + 4;
     fewer windows overfit the refit)."""
     from amoeba_plugin.api import AmoebaPruner, PruningConfig, preflight
     from amoeba_plugin.models import load_model

@@ -75,27 +75,32 @@ class Candidate:
         return {"depth": self.depth, "layers": out}
 
     # ------------------------------------------------------------------ the plan it stands for
-    def to_plan(self, anatomy, **provenance) -> Plan:
+    def to_plan(self, anatomy, output_bias: bool = False, **provenance) -> Plan:
         """The plan of this subnet: kept layers, per-KV-group head channels (both members of each kept
-        RoPE pair), kept MLP channels. Whole units stay ``None`` so uniform results export as stock HF."""
+        RoPE pair), kept MLP channels. Whole units stay ``None`` so uniform results export as stock HF.
+        A group that keeps no pair is a removed KV group (a layer with none has no attention); an MLP
+        that keeps no channel is removed (a warm start from a plan that removed them, see :mod:`.warm`)."""
         layers = []
         for layer in self.layers:
             la = anatomy.layer(layer)
             half = la.head_dim // 2
-            per_group = []
-            for m in self.attention[layer]:
+            groups, per_group = [], []
+            for g, m in enumerate(self.attention[layer]):
                 pairs = [int(j) for j in np.flatnonzero(m)]
-                per_group.append(pairs + [j + half for j in pairs])
-            if all(len(c) == la.head_dim for c in per_group):
+                if pairs:
+                    groups.append(g)
+                    per_group.append(pairs + [j + half for j in pairs])
+            kv_groups = None if len(groups) == la.num_kv_groups else groups
+            if not per_group or all(len(c) == la.head_dim for c in per_group):
                 channels = None
             elif all(c == per_group[0] for c in per_group):
                 channels = per_group[0]
             else:
                 channels = per_group
             mlp = self.mlp[layer]
-            layers.append(LayerPlan(layer, head_channels=channels,
+            layers.append(LayerPlan(layer, kv_groups=kv_groups, head_channels=channels,
                                     mlp_channels=None if mlp.all() else [int(i) for i in np.flatnonzero(mlp)]))
-        return Plan(layers, source=source_info(anatomy), provenance=dict(provenance))
+        return Plan(layers, source=source_info(anatomy), output_bias=output_bias, provenance=dict(provenance))
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:

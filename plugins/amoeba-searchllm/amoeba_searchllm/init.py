@@ -32,8 +32,10 @@ class Saliency:
     influence: np.ndarray
 
 
-def unit_saliency(model, anatomy, windows: torch.Tensor, *, damping: float = 0.01, batch_size: int = 8) -> Saliency:
-    """OBS saliency of every pair and MLP channel, and each layer's block influence, on ``windows``."""
+def unit_saliency(model, anatomy, windows, *, damping: float = 0.01, batch_size: int = 8) -> Saliency:
+    """OBS saliency of every pair and MLP channel, and each layer's block influence, on ``windows``
+    (calibration windows, or dense-model statistics with Gram matrices on every site, collected once
+    and shared with the warm start and the fitness proxy)."""
     roles = get("metrics", "obs").role_scores(model, anatomy, windows, damping=damping, batch_size=batch_size)
     attention, mlp = [], []
     for layer, r in zip(anatomy.layers, roles):
@@ -111,11 +113,11 @@ class Start:
 
 
 def budget_space(anatomy, budget, *, attention_range=None, mlp_range=None, min_depth: int | None = None,
-                 keep_last: int = 1, mlp_multiple: int = 1) -> tuple[SearchSpace, CostModel, float, int, int]:
+                 keep_last: int = 1, mlp_multiple: int = 1, output_bias: bool = False) -> tuple[SearchSpace, CostModel, float, int, int]:
     """The search space for ``budget`` (Table 1's row for its uniform ratio unless ranges are given),
     its cost model, and the uniform ratio with the pairs per group and MLP channels it keeps. No data
     is needed: a saved candidate can be read back with this space alone."""
-    cost = CostModel(anatomy, budget)
+    cost = CostModel(anatomy, budget, output_bias=output_bias)
     whole = SearchSpace.build(anatomy, (1.0, 1.0), (1.0, 1.0), anatomy.num_layers)  # units only
     ratio, pairs, channels = uniform_ratio(whole, cost)
     table = preset_ranges(ratio)
@@ -125,13 +127,22 @@ def budget_space(anatomy, budget, *, attention_range=None, mlp_range=None, min_d
     return space, cost, ratio, pairs, channels
 
 
-def prepare_start(model, anatomy, windows: torch.Tensor, budget, *, damping: float = 0.01, batch_size: int = 8,
-                  **space_options) -> Start:
-    """The space (:func:`budget_space`), the saliency on ``windows``, and the start subnet."""
-    space, cost, ratio, pairs, channels = budget_space(anatomy, budget, **space_options)
+def dense_statistics(model, anatomy, windows: torch.Tensor, *, batch_size: int = 8):
+    """One pass over ``windows`` on the dense model: input statistics with Gram matrices of every
+    site (what the OBS saliency, FLAP's fluctuation, the block influence and the fitness proxy read)."""
+    from amoeba_plugin.calibration import SITES, collect_statistics
+
+    return collect_statistics(model, anatomy, windows, gram=True, sites=SITES, batch_size=batch_size)
+
+
+def prepare_start(model, anatomy, windows, budget, *, damping: float = 0.01, batch_size: int = 8,
+                  output_bias: bool = False, **space_options) -> Start:
+    """The space (:func:`budget_space`), the saliency on ``windows`` (windows or dense statistics),
+    and the start subnet."""
+    space, cost, ratio, pairs, channels = budget_space(anatomy, budget, output_bias=output_bias, **space_options)
     saliency = unit_saliency(model, anatomy, windows, damping=damping, batch_size=batch_size)
     return Start(space, cost, saliency, initial_candidate(space, saliency, pairs, channels), ratio, pairs, channels)
 
 
-__all__ = ["Saliency", "Start", "budget_space", "initial_candidate", "prepare_start", "uniform_ratio",
+__all__ = ["Saliency", "Start", "budget_space", "dense_statistics", "initial_candidate", "prepare_start", "uniform_ratio",
            "unit_saliency"]

@@ -16,9 +16,12 @@ from amoeba_plugin.errors import AmoebaError, DataError
 from amoeba_plugin.methods import Method, PruneResult
 from amoeba_plugin.options import MethodOptions, option, option_like
 
-from .init import prepare_start
+from .init import dense_statistics, prepare_start
 from .operators import DEPTH_RULES, MASK_MODES, Variation
+from .proxy import FITNESS_REFORMS, ReformProxy
+from .repair import repair as repair_candidate
 from .search import PRESETS, EvolutionSearch, SearchConfig, SearchResult, differing_settings, read_state
+from .warm import WARM_STARTS, candidate_from_plan, flap_plan, load_plan
 
 REFORMATIONS = ("exact", "admm", "none")
 #: how a candidate is scored: masks on the shared model, or a sliced copy (faster once the subnet is
@@ -43,8 +46,16 @@ class SearchLLMOptions(MethodOptions):
     """The options of ``searchllm``; the search's own settings come from :class:`SearchConfig` (its
     defaults), the population ones from the preset unless given."""
 
-    preset: str = option("paper", "population settings: paper (100 per generation, top 10, 50 generations), "
-                                  "quick or smoke", choices=tuple(PRESETS))
+    preset: str = option("fast", "population settings: fast (sized for a 10-minute SmolLM2-135M run on a CPU), "
+                                 "paper (100 per generation, top 10, 50 generations), quick or smoke",
+                         choices=tuple(PRESETS))
+    warm_start: str = option("flap", "also start from: flap (FLAP's adaptive allocation, host helpers), a plan "
+                                     "file's path, or none (the paper: the uniform OBS start only)")
+    repair: bool = option(True, "rescale a child outside the budget window into it (false: drop it, the paper)")
+    fitness_reform: str = option("refit", "score candidates as reformed: refit (per-layer least squares with an "
+                                          "intercept on dense inputs), bias (bias compensation) or none (the "
+                                          "paper)", choices=FITNESS_REFORMS)
+    reformation_bias: bool = option(True, "the final reformation also fits an output bias (an intercept)")
     search: bool = option(True, "run the search (false: keep the salient-weight start, evaluated once)")
     population: int | None = option(None, "candidates per generation (default: the preset's; mutation and "
                                           "crossover keep the preset's shares)")
@@ -61,9 +72,9 @@ class SearchLLMOptions(MethodOptions):
     tolerance: float = option_like(SearchConfig, "tolerance")
     seed: int | None = option(None, "seed of the search (default: the run's seed)")
     fitness: str = option("perplexity", "what scores a candidate: perplexity, loss or lm-eval:TASK")
-    fitness_windows: int = option(8, "calibration windows kept aside to score candidates (and nothing else)", ge=1)
-    fitness_seq_len: int | None = option(None, "score on the first tokens of each fitness window only "
-                                               "(default: the whole window)", ge=2)
+    fitness_windows: int = option(4, "calibration windows kept aside to score candidates (and nothing else)", ge=1)
+    fitness_seq_len: int | None = option(128, "score on the first tokens of each fitness window only "
+                                              "(none: the whole window)", ge=2)
     fitness_options: dict = option({}, "options of the fitness scorer or evaluator, e.g. {\"num_questions\": 64}")
     attention_range: tuple[float, float] | None = option(
         None, "LOW,HIGH: the range of head-channel ratios the search may use (default: the space's)",
@@ -102,6 +113,12 @@ class SearchLLMOptions(MethodOptions):
 
         # an unknown lm-eval task fails here, before the model loads and calibrates
         check_spec_task(self.fitness, "fitness", (self.fitness_options or {}).get("include_path"))
+        if self.warm_start not in WARM_STARTS and not self.warm_start.endswith(".json"):
+            from pathlib import Path
+
+            if not Path(self.warm_start).is_file():
+                raise AmoebaError(f"warm_start={self.warm_start!r} is neither {' nor '.join(WARM_STARTS)} nor a "
+                                  "plan file", "pass warm_start=flap, warm_start=none or the path of a plan.json")
         self.search_config()
 
     def search_config(self, seed: int = 0) -> SearchConfig:
@@ -167,12 +184,26 @@ class SearchLLMMethod(Method):
         timings = {}
 
         t = time.perf_counter()
-        start = prepare_start(model, anatomy, statistics, context.budget,
+        bias = options.reformation_bias and options.reformation != "none"
+        stats = dense_statistics(model, anatomy, statistics, batch_size=options.batch_size)
+        start = prepare_start(model, anatomy, stats, context.budget,
                               attention_range=options.attention_range, mlp_range=options.mlp_range,
-                              min_depth=options.min_depth,
+                              min_depth=options.min_depth, output_bias=bias,
                               keep_last=options.keep_last, mlp_multiple=options.mlp_multiple,
                               damping=options.saliency_damping, batch_size=options.batch_size)
         space, cost, initial = start.space, start.cost, start.candidate
+        warm = []
+        if options.warm_start == "flap":
+            warm.append(candidate_from_plan(flap_plan(model, anatomy, context.budget, stats, output_bias=bias),
+                                            anatomy, space))
+        elif options.warm_start != "none":
+            warm.append(candidate_from_plan(load_plan(options.warm_start, anatomy), anatomy, space))
+        proxy = ReformProxy(model, anatomy, stats, options.fitness_reform, options.damping)
+        for layer in stats.layers.values():  # what the proxy does not read
+            for site, acc in layer.inputs.items():
+                if site not in ("o", "down") or options.fitness_reform != "refit":
+                    acc.gram = None
+        del stats
         timings["initialisation_seconds"] = round(time.perf_counter() - t, 3)
 
         scorer = self._scorer(context, options, fitness_windows)
@@ -181,23 +212,38 @@ class SearchLLMMethod(Method):
         if options.evaluation == "sliced":
             from amoeba_plugin.surgery import slice_model
 
-            fitness = lambda c: scorer.score_model(slice_model(model, anatomy, c.to_plan(anatomy)))  # noqa: E731
+            def fitness(c):
+                plan = c.to_plan(anatomy)
+                return scorer.score_model(slice_model(model, anatomy, plan, patch=proxy.patch(plan) or None))
         else:
-            fitness = lambda c: scorer(model, anatomy, c.to_plan(anatomy))  # noqa: E731
+            from amoeba_plugin.surgery import apply_soft
+
+            def fitness(c):
+                plan = c.to_plan(anatomy)
+                with apply_soft(model, anatomy, plan, proxy.patch(plan)):
+                    return scorer.score_model(model)
+        low = cost.target * (1 - config.tolerance)
+        repair = (lambda c: repair_candidate(c, space, cost, low, cost.target, start.saliency.attention,  # noqa: E731
+                                             start.saliency.mlp)) if options.repair else None
         search = EvolutionSearch(
             space, cost, variation, fitness, config,
             higher_is_better=scorer.higher_is_better, work_dir=options.checkpoint_dir,
             describe={"fitness": scorer.describe(), "mask_mutation": options.mask_mutation,
                       "alpha": options.alpha, "depth_rule": options.depth_rule,
-                      "model": anatomy.fingerprint})
+                      "model": anatomy.fingerprint, "fitness_reform": options.fitness_reform,
+                      "output_bias": bias}, repair=repair)
         if options.search:
-            result = search.run(initial, restart=bool(options.restart))
-        else:  # the salient-weight start as it is: one evaluation, for its fitness
-            fitness_of_start = search.score(initial)
-            result = SearchResult(best=initial, fitness=fitness_of_start, initial_fitness=fitness_of_start, evaluated=1)
+            result = search.run(initial, restart=bool(options.restart), warm=warm)
+        else:  # the best start as it is: one evaluation each, for its fitness
+            starts = [c for c in ([initial, *warm] if repair is None else
+                                  [repair(initial) or initial, *filter(None, map(repair, warm))])]
+            scored = {c.key(): search.score(c) for c in starts}
+            best = min(starts, key=lambda c: search._order(c.key(), scored))
+            result = SearchResult(best=best, fitness=scored[best.key()], initial_fitness=scored[starts[0].key()],
+                                  evaluated=len(starts), starts=scored)
         timings["search_seconds"] = round(result.seconds, 3)
 
-        plan = result.best.to_plan(anatomy)
+        plan = result.best.to_plan(anatomy, output_bias=bias)
         patch, errors = None, {}
         if options.reformation != "none":
             from amoeba_plugin.pruning.reformation import reformation_patch
@@ -206,9 +252,9 @@ class SearchLLMMethod(Method):
             patch = reformation_patch(model, anatomy, plan, statistics, solver=options.reformation,
                                       damping=options.damping, rho=options.rho,
                                       iterations=options.admm_iterations, batch_size=options.batch_size,
-                                      inputs=options.reformation_inputs, report=errors) or None
+                                      inputs=options.reformation_inputs, report=errors, bias=bias) or None
             timings["reformation_seconds"] = round(time.perf_counter() - t, 3)
-        info = self._info(context, options, start, result, scorer, errors, timings, len(statistics))
+        info = self._info(context, options, start, result, scorer, errors, timings, len(statistics), proxy)
         return PruneResult(plan, patch=patch, info=info)
 
     # ------------------------------------------------------------------ pieces
@@ -225,7 +271,7 @@ class SearchLLMMethod(Method):
                                                         **dict(options.fitness_options)})
 
     @staticmethod
-    def _info(context, options, start, result, scorer, errors, timings, n_statistics) -> dict:
+    def _info(context, options, start, result, scorer, errors, timings, n_statistics, proxy) -> dict:
         best, cost, initial = result.best, start.cost, start.candidate
         base = {"params": "all parameters", "count": "all parameters",
                 "nonembed": "blocks only (non-embedding parameters)", "macs": "MACs per token"}[context.budget.kind]
@@ -241,6 +287,9 @@ class SearchLLMMethod(Method):
             "statistics_windows": n_statistics, "space": start.space.describe(),
             "generations": len(result.history) and result.history[-1].generation, "evaluated": result.evaluated,
             "resumed_from_generation": result.resumed_from, **timings,
+            "warm_start": options.warm_start, "starts": result.starts, "repair": options.repair,
+            "fitness_reform": options.fitness_reform, "output_bias": start.cost.output_bias,
+            "proxy_cache": {"hits": proxy.hits, "misses": proxy.misses},
         }
         if result.seconds > 0 and result.history:
             ran = [g for g in result.history if result.resumed_from is None or g.generation >= result.resumed_from]

@@ -39,9 +39,11 @@ from .space import CostModel, SearchSpace
 STATE_FORMAT, STATE_VERSION = "amoeba-searchllm-state", 1
 STATE, LOG, PLOT = "state.json", "search_log.jsonl", "search_progress.png"
 
-#: population settings: the paper's (100 per generation: 50 mutation, 30 crossover, 20 high-randomness;
-#: top 10; 50 generations), and smaller ones for quick runs and tests
+#: population settings: ``fast`` (the default of ``searchllm``: sized so that SmolLM2-135M at one budget runs
+#: in about 10 minutes on a CPU thread, see docs/searchllm.md), the paper's (100 per generation: 50
+#: mutation, 30 crossover, 20 high-randomness; top 10; 50 generations), and smaller ones for quick runs and tests
 PRESETS = {
+    "fast": {"population": 12, "mutation": 6, "crossover": 4, "top_k": 4, "generations": 6},
     "paper": {"population": 100, "mutation": 50, "crossover": 30, "top_k": 10, "generations": 50},
     "quick": {"population": 30, "mutation": 15, "crossover": 9, "top_k": 5, "generations": 12},
     "smoke": {"population": 8, "mutation": 4, "crossover": 2, "top_k": 3, "generations": 2},
@@ -121,6 +123,7 @@ class Generation:
     seconds: float
     evaluations_per_second: float
     evaluated_total: int
+    repaired: int = 0
 
 
 @dataclass
@@ -132,6 +135,8 @@ class SearchResult:
     evaluated: int = 0
     seconds: float = 0.0
     resumed_from: int | None = None
+    #: fitness of every start (the uniform one first, then the warm starts), by key
+    starts: dict = field(default_factory=dict)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -181,7 +186,8 @@ class EvolutionSearch:
     def __init__(self, space: SearchSpace, cost: CostModel, variation: Variation,
                  fitness: Callable[[Candidate], float], config: SearchConfig, *, higher_is_better: bool = False,
                  work_dir: str | os.PathLike | None = None, describe: dict | None = None,
-                 on_generation: Callable[[Generation], None] | None = None):
+                 on_generation: Callable[[Generation], None] | None = None,
+                 repair: Callable[[Candidate], Candidate | None] | None = None):
         self.space, self.cost, self.variation, self.fitness, self.config = space, cost, variation, fitness, config
         self.sign = -1.0 if higher_is_better else 1.0
         self.work_dir = Path(work_dir) if work_dir is not None else None
@@ -191,6 +197,9 @@ class EvolutionSearch:
         self.describe = {"config": settings, "space": space.describe(), "budget": str(cost.budget),
                          "target": cost.target, **(describe or {})}
         self.on_generation = on_generation
+        self.repair = repair
+        if repair is not None:
+            self.describe["repair"] = True
         self.low = cost.target * (1 - config.tolerance)
 
     # ------------------------------------------------------------------ helpers
@@ -214,8 +223,11 @@ class EvolutionSearch:
                 continue
             cost = child.cost(self.cost)
             if not self.low <= cost <= self.cost.target:
-                stats["out_of_budget"] += 1
-                continue
+                child = self.repair(child) if self.repair is not None else None
+                if child is None:
+                    stats["out_of_budget"] += 1
+                    continue
+                stats["repaired"] += 1
             key = child.key()
             if key in seen or key in batch:
                 stats["duplicates"] += 1
@@ -223,7 +235,10 @@ class EvolutionSearch:
             batch[key] = child
 
     # ------------------------------------------------------------------ the loop
-    def run(self, initial: Candidate, restart: bool = False) -> SearchResult:
+    def run(self, initial: Candidate, restart: bool = False, warm: list[Candidate] = ()) -> SearchResult:
+        """Search from ``initial`` (the uniform start) and the ``warm`` starts: generation 0 scores each
+        start (repaired into the budget window when a repair is set) and ``population`` mutants of
+        them, shared out in turn."""
         cfg = self.config
         rng = np.random.default_rng(cfg.seed)
         init_rates = Rates(cfg.p0_ratio, cfg.p0_mask, 0.0)
@@ -233,8 +248,14 @@ class EvolutionSearch:
         pool: dict[str, Candidate] = {}     # the current parents (best top_k), by key
         history: list[Generation] = []
         start_generation, resumed = 0, None
+        if self.repair is not None:
+            initial = self.repair(initial) or initial
+            warm = [w for w in (self.repair(w) for w in warm) if w is not None]
+        starts = [initial, *warm]
         init_key = initial.key()
         self.describe["initial"] = init_key
+        if warm:
+            self.describe["warm_starts"] = [w.key() for w in warm]
         if self.work_dir is not None:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             state = None if restart else self._load_state()
@@ -261,13 +282,16 @@ class EvolutionSearch:
         for generation in progress(range(start_generation, cfg.generations + 1), "search generations",
                                    total=cfg.generations + 1 - start_generation):
             t0 = time.perf_counter()
-            stats = {"duplicates": 0, "out_of_budget": 0, "invalid": 0}
+            stats = {"duplicates": 0, "out_of_budget": 0, "invalid": 0, "repaired": 0}
             batch: dict[str, Candidate] = {}
             if generation == 0:
-                if init_key not in scores:
-                    batch[init_key] = initial
-                self._breed(cfg.population, lambda: self.variation.mutate(initial, init_rates, rng), scores, batch,
-                            stats)
+                for start in starts:
+                    if start.key() not in scores:
+                        batch[start.key()] = start
+                turn = iter(range(10 ** 9))
+                self._breed(cfg.population,
+                            lambda: self.variation.mutate(starts[next(turn) % len(starts)], init_rates, rng),
+                            scores, batch, stats)
             else:
                 parents = list(pool.values())  # best first (kept so, and checkpointed in that order)
                 pick = lambda: parents[int(rng.integers(len(parents)))]  # noqa: E731
@@ -302,7 +326,7 @@ class EvolutionSearch:
         best_key = min(pool, key=lambda k: self._order(k, scores))
         return SearchResult(best=pool[best_key], fitness=scores[best_key], initial_fitness=initial_fitness,
                             history=history, evaluated=len(scores), seconds=time.perf_counter() - started,
-                            resumed_from=resumed)
+                            resumed_from=resumed, starts={s.key(): scores.get(s.key()) for s in starts})
 
     # ------------------------------------------------------------------ checkpoint, log, plot
     def _is_search_dir(self) -> bool:

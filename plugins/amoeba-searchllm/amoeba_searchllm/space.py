@@ -120,20 +120,24 @@ def _grid(bounds: tuple[float, float], step: float, units: int, multiple: int) -
 
 class CostModel:
     """A candidate's cost in a budget's unit (parameters, non-embedding parameters or MACs), exactly:
-    ``base + sum over kept layers of (layer + per_pair * kept pairs + per_channel * kept channels)``,
-    with the host's unit costs (``Budget.bind(anatomy).costs``): ``layer`` is a layer's fixed cost
-    (norms, output biases, and per-head q/k norms, whose heads keep all their channels), ``per_pair``
-    one RoPE pair of one KV group, ``per_channel`` one MLP channel."""
+    ``base + sum over kept layers of (attention + per_pair * kept pairs, when any pair is kept)
+    + (mlp + per_channel * kept channels, when any channel is kept)``, with the host's unit costs
+    (``Budget.bind(anatomy).costs``): ``attention`` / ``mlp`` are a sub-block's fixed costs (norms,
+    output biases, per-head q/k norms; with ``output_bias`` the compensation bias a reformation with an
+    intercept adds), ``per_pair`` one RoPE pair of one KV group, ``per_channel`` one MLP channel. A
+    layer whose groups keep no pair has no attention (a warm start may remove whole KV groups)."""
 
-    def __init__(self, anatomy, budget: Budget):
+    def __init__(self, anatomy, budget: Budget, output_bias: bool = False):
         if budget.kind not in ("params", "nonembed", "count", "macs"):
             raise AmoebaError(f"the search counts parameters or MACs, not a '{budget.kind}' budget",
                               "use a params, nonembed, count or macs budget")
-        self.budget, self.anatomy = budget, anatomy
+        self.budget, self.anatomy, self.output_bias = budget, anatomy, output_bias
         bound = budget.bind(anatomy)
         units = bound.costs
+        bias = units.output_bias if output_bias else (0, 0)
         self.base = float(units.base)
-        self.layer = [float(l.attention + l.mlp) for l in units.layers]
+        self.attention = [float(l.attention + bias[0]) for l in units.layers]
+        self.mlp = [float(l.mlp + bias[1]) for l in units.layers]
         self.per_pair = [float(l.head_pair[0]) for l in units.layers]
         self.per_channel = [float(l.mlp_channel) for l in units.layers]
         self.target = float(bound.target)
@@ -144,8 +148,14 @@ class CostModel:
     def cost(self, layers, pairs, channels) -> float:
         """``layers``: kept layer indices; ``pairs[l]``: kept pairs per group of layer l (a sequence);
         ``channels[l]``: kept MLP channels of layer l."""
-        return self.base + sum(self.layer[l] + self.per_pair[l] * sum(pairs[l]) + self.per_channel[l] * channels[l]
-                               for l in layers)
+        total = self.base
+        for l in layers:
+            kept_pairs = sum(pairs[l])
+            if kept_pairs:
+                total += self.attention[l] + self.per_pair[l] * kept_pairs
+            if channels[l]:
+                total += self.mlp[l] + self.per_channel[l] * channels[l]
+        return total
 
 
 __all__ = ["ATTENTION_STEP", "MLP_STEP", "TABLE_1", "CostModel", "LayerUnits", "SearchSpace", "preset_ranges"]
