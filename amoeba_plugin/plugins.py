@@ -112,16 +112,16 @@ def _csv(value: str | None) -> set[str] | None:
     return {v.strip() for v in value.split(",") if v.strip()}
 
 
-_warned: set[str] = set()  # process-wide: a warning is shown once, however often the host reloads
+_warned: set[str] = set()  # warnings about no known plugin, shown once
 
 
 def _warn(message: str, record: PluginRecord | None = None) -> None:
-    """Warn once per process (and keep the warning on the plugin's record for ``amoeba plugins``)."""
-    if record is not None and message not in record.warnings:
-        record.warnings.append(message)
-    if message in _warned:
+    """Warn once: a warning about a plugin is kept on its record (``amoeba plugins`` lists it) and not
+    shown again while the record lives, however often the registries are collected again."""
+    seen = record.warnings if record is not None else _warned
+    if message in seen:
         return
-    _warned.add(message)
+    seen.append(message) if isinstance(seen, list) else seen.add(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
@@ -341,6 +341,12 @@ def note_failure(plugin: str, hook_name: str, message: str, warning: str | None 
         _warn(warning, rec)
 
 
+def warn_once(plugin: str, message: str) -> None:
+    """Warn ``message`` about ``plugin`` once per process; ``amoeba plugins`` lists it under the plugin."""
+    get_plugin_manager()
+    _warn(message, _State.records.get(plugin))
+
+
 def hook():
     """The pluggy hook relay, for lifecycle hooks: ``hook().amoeba_on_plan(plan=..., context=...)``."""
     return get_plugin_manager().hook
@@ -369,3 +375,4 @@ def reset() -> None:
     """Forget everything; the next access reloads (used by tests after changing the environment)."""
     _State.pm = None
     _State.records, _State.registries, _State.owners = {}, {}, {}
+    _warned.clear()

@@ -13,23 +13,32 @@ from .options import echo_table
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool):
-    """List loaded plugins and what each registered."""
+    """List loaded plugins: what each registered, the commands it added, and its errors and warnings."""
     from dataclasses import asdict
 
     from ..plugins import plugin_records
 
+    root = click.get_current_context().find_root().command
+    if hasattr(root, "_safe_load"):
+        root._safe_load()  # the plugin commands, so each record knows its commands
     records = plugin_records()
     if as_json:
         click.echo(json.dumps([asdict(r) for r in records], indent=1))
         return
     rows = []
     for r in records:
-        what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(r.registered.items())) or "-"
-        rows.append([r.name, r.version or "-", f"{r.origin} ({r.distribution or '?'})", r.status, what])
+        what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(r.registered.items()))
+        if r.commands:
+            what = "; ".join(filter(None, [what, f"commands: {', '.join(r.commands)}"]))
+        rows.append([r.name, r.version or "-", f"{r.origin} ({r.distribution or '?'})", r.status, what or "-"])
     echo_table(rows, ["plugin", "version", "origin", "status", "registered"])
     for r in records:
         if r.error:
             click.echo(f"! {r.name}: {r.error}")
+        for warning in r.warnings:
+            text = warning[len("amoeba:"):].strip() if warning.startswith("amoeba:") else warning
+            if not r.error or text not in r.error:
+                click.echo(f"warning: {r.name}: {text}")
 
 
 def method_record(name: str, method) -> dict:
