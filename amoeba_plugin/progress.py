@@ -2,7 +2,12 @@
 
 Events are throttled (at most about :data:`MAX_EVENTS` per stage, plus the first and the last), so
 a plugin that logs every event does not slow a long loop down. Bars go to stderr and are hidden when
-stderr is not a terminal; ``AMOEBA_PROGRESS=1`` forces them on, ``AMOEBA_PROGRESS=0`` off.
+stderr is not a terminal; ``AMOEBA_PROGRESS=1`` forces them on, ``AMOEBA_PROGRESS=0`` off, and
+``amoeba -q`` (:func:`set_quiet`) hides them with the status lines.
+
+One progress style: the ``amoeba`` CLI turns the libraries' own bars off (:func:`silence_library_bars`:
+transformers' "Loading weights" / "Writing model shards", huggingface_hub's, datasets'), which would
+otherwise overwrite its status lines on a terminal and still print into logs.
 """
 from __future__ import annotations
 
@@ -51,8 +56,43 @@ def emit(event: ProgressEvent) -> None:
                           RuntimeWarning, stacklevel=2)
 
 
+#: environment switches of the libraries' own progress bars (read when each library is imported)
+LIBRARY_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Hide every bar of this process (``amoeba -q``), whatever ``AMOEBA_PROGRESS`` says."""
+    global _quiet
+    _quiet = bool(quiet)
+
+
+def silence_library_bars() -> None:
+    """Turn off the progress bars of transformers, huggingface_hub and datasets, now for those already
+    imported and through their environment switches for those imported later. A switch the user set
+    (``HF_HUB_DISABLE_PROGRESS_BARS=0``) is respected."""
+    if any(os.environ.get(name, "1").strip().lower() in ("0", "false", "no", "off") for name in LIBRARY_ENV):
+        return
+    for name in LIBRARY_ENV:
+        os.environ.setdefault(name, "1")
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        from datasets.utils import disable_progress_bars as disable_datasets_bars
+
+        disable_datasets_bars()
+
+
 def bars_disabled() -> bool | None:
     """tqdm's ``disable`` argument: None means "hide on a non-terminal"."""
+    if _quiet:
+        return True
     value = os.environ.get(ENV)
     if value is None or value == "":
         return None

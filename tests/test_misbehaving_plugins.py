@@ -315,3 +315,31 @@ def test_importing_the_package_still_registers_the_architecture():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "AmoebaConfig"
+
+
+# ---------------------------------------------------------------------------------------- progress style
+def test_one_progress_style_and_quiet_means_quiet(tmp_path):
+    """The CLI turns transformers' own bars off (they overwrite its status lines and fill logs), and
+    ``-q`` hides the status lines and the host's bars too."""
+    from amoeba_plugin import progress
+
+    model_dir = save_tiny(tmp_path / "tiny")
+    args = ["export", str(model_dir), "--plan", None, "--output", None]
+    plan = tmp_path / "plan.json"
+    anatomy = anatomy_of(make_tiny("llama"))
+    Plan([LayerPlan(l.index) for l in anatomy.layers[:2]]).save(plan)
+    args[3] = str(plan)
+    try:
+        args[5] = str(tmp_path / "loud")
+        loud = CliRunner().invoke(cli, args)
+        assert loud.exit_code == 0, loud.output
+        assert "loading" in loud.stderr  # the host's status line
+        for library_bar in ("Loading weights", "Writing model shards", "it/s]"):
+            assert library_bar not in loud.stderr, loud.stderr
+        args[5] = str(tmp_path / "quiet")
+        quiet = CliRunner().invoke(cli, ["-q", *args])
+        assert quiet.exit_code == 0, quiet.output
+        assert quiet.stderr.strip() == "", quiet.stderr
+        assert progress.bars_disabled() is True  # -q hides the host's bars as well
+    finally:
+        progress.set_quiet(False)

@@ -155,6 +155,10 @@ def cli(debug: bool, quiet: bool):
     MODEL arguments take a Hugging Face hub name, a local directory, or amoeba-tiny-sotu (the
     embedded demo model).
     """
+    from ..progress import set_quiet, silence_library_bars
+
+    set_quiet(quiet)  # -q: no status lines and no bars
+    silence_library_bars()  # one progress style: ours; transformers' bars would overwrite it
 
 
 #: the built-in commands, in ``amoeba --help`` order of definition (click sorts them by name)
