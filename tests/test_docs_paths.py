@@ -86,3 +86,17 @@ def test_the_checker_finds_a_missing_path(tmp_path):
     fake.write_text("`docs/hooks.md` `docs/nope.md` `pruning/allocation.py` `runs/tiny-50` `lib/prune.py` "
                     "`../../shared/notes.md` `hooks.md` `nope.md` `conftest.py`")
     assert missing_paths(fake, names) == ["docs/nope.md", "../../shared/notes.md", "nope.md"]
+
+
+def test_evaluation_doc_lists_every_packaged_task():
+    """docs/evaluation.md's `amoeba tasks` listing and its counts follow the packaged folder."""
+    from amoeba_plugin.eval.lm_eval import packaged_tasks
+
+    found = packaged_tasks()
+    text = (REPO / "docs" / "evaluation.md").read_text()
+    listing = text.split("$ amoeba tasks", 1)[1].split("```", 1)[0]
+    assert sorted(re.findall(r"^(amoeba_\w+)\s", listing, flags=re.M)) == sorted(found)
+    assert f"{len(found)} names searched" in text
+    tasks = sum(1 for info in found.values() if info["kind"] != "group")
+    words = {4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+    assert f"{words.get(tasks, tasks)} packaged tasks" in text
