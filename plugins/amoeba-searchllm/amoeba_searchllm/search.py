@@ -30,7 +30,7 @@ import numpy as np
 
 from amoeba_plugin.errors import AmoebaError
 from amoeba_plugin.options import Options, option
-from amoeba_plugin.progress import progress, report
+from amoeba_plugin.progress import expect, progress, report
 
 from .genome import Candidate
 from .operators import Rates, Variation
@@ -244,6 +244,10 @@ class EvolutionSearch:
             for i, (key, child) in enumerate(batch.items()):
                 scores[key] = self.score(child)
                 report(f"generation {generation}: candidates", i + 1, len(batch))
+                if i == 0 and generation == start_generation:  # the first evaluation sets the expectation
+                    each, planned = time.perf_counter() - t_eval, cfg.population * (cfg.generations + 1 - generation)
+                    expect("searchllm search", each * planned, f"{planned:,} fitness evaluations at {each:.2f} s, "
+                                                               "the first one's time")
             eval_seconds = time.perf_counter() - t_eval
             pool.update(batch)  # the parents of the next generation, best first
             pool = {k: pool[k] for k in sorted(pool, key=lambda k: self._order(k, scores))[: cfg.top_k]}
