@@ -81,16 +81,33 @@ def methods(name: str | None, as_json: bool):
             default = json.dumps(info["default"]) if not isinstance(info["default"], str) else info["default"]
             extra = ", ".join(info.get("choices", [])) or " and ".join(
                 f"{_SIGNS[k]} {v}" for k, v in info.get("bounds", {}).items())
+            if info.get("registry"):
+                extra = f"a name from `amoeba {info['registry']}`" if info["registry"] == "methods" else \
+                    f"a registered {info['registry'][:-1]}"
             rows.append([option, info["type"], default, extra or "", info["help"]])
         echo_table(rows, ["option", "type", "default", "choices/bounds", "help"])
+        for option, info in record["options"].items():
+            if info.get("registry"):
+                names = ", ".join(sorted(registry(info["registry"])))
+                click.echo(f"{option}: the name of a registered {info['registry'][:-1]} (registered: {names}; "
+                           f"the help above says which kinds this method accepts), e.g. "
+                           f"`amoeba prune MODEL --method {name} --option {option}=NAME`")
         return
     data = [method_record(n, m) for n, m in sorted(registry("methods").items())]
     if as_json:
         click.echo(json.dumps(data, indent=1))
         return
     rows = [[d["name"], d["plugin"], ",".join(d["capabilities"]) or "-", ",".join(d["budget_kinds"]),
-             d["description"]] for d in data]
-    echo_table(rows, ["method", "plugin", "capabilities", "budgets", "description"])
+             _metric_option(d), d["description"]] for d in data]
+    echo_table(rows, ["method", "plugin", "capabilities", "budgets", "metric", "description"])
+    click.echo("metric: the default of the method's metric option (change it with --option NAME=METRIC; "
+               "`amoeba methods METHOD` names the option)")
+
+
+def _metric_option(record: dict) -> str:
+    """The default of a method's option that takes a registered metric, or ``-``."""
+    found = [str(info["default"]) for info in record["options"].values() if info.get("registry") == "metrics"]
+    return ", ".join(found) or "-"
 
 
 @click.command()
