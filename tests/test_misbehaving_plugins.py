@@ -340,6 +340,8 @@ def test_one_progress_style_and_quiet_means_quiet(tmp_path):
         quiet = CliRunner().invoke(cli, ["-q", *args])
         assert quiet.exit_code == 0, quiet.output
         assert quiet.stderr.strip() == "", quiet.stderr
-        assert progress.bars_disabled() is True  # -q hides the host's bars as well
+        assert progress.bars_disabled() is not True  # -q lasts one command, even run in process
+        progress.set_quiet(True)
+        assert progress.bars_disabled() is True  # what -q sets: the host's bars hidden as well
     finally:
         progress.set_quiet(False)

@@ -135,6 +135,8 @@ class AmoebaGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx):
+        from ..progress import set_quiet
+
         with _short_warnings():
             try:
                 return super().invoke(ctx)
@@ -142,6 +144,8 @@ class AmoebaGroup(click.Group):
                 if _debug(ctx):
                     raise
                 raise AmoebaCLIError(str(exc)) from exc
+            finally:
+                set_quiet(False)  # -q lasts one command (the CLI may run in process: tests, notebooks)
 
 
 # ---------------------------------------------------------------------- the group
