@@ -1,20 +1,20 @@
 """amoeba-plugin: structured compression of Hugging Face causal LMs, with methods as pluggy plugins.
 
 Importing the package registers the ``amoeba`` architecture with transformers' Auto classes (so
-heterogeneous exports load with plain ``from_pretrained``) and the ``amoeba`` model with
-lm-evaluation-harness (lazily, when lm-eval is installed). The public API is imported lazily.
+heterogeneous exports load with plain ``from_pretrained``; done when transformers is imported, so
+importing this package costs no torch) and the ``amoeba`` model with lm-evaluation-harness (lazily,
+when lm-eval is installed). The public API is imported lazily.
 """
 from __future__ import annotations
 
 import importlib
 
-from . import _moved
-from .arch import register_with_transformers as _register_arch
+from . import _autoregister, _moved
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-_register_arch()
+_autoregister.install()
 _moved.install()  # old import paths of moved modules, for one release
 
 
@@ -22,7 +22,7 @@ def _register_lm_eval_model() -> None:
     """The lm-eval model ``amoeba``, as a lazy ``module:Class`` name: costs ~3 ms (lm-eval's registry
     module only), nothing when lm-eval is absent, and never breaks the import."""
     try:
-        from .eval.lm_eval import register_lm_eval_model
+        from ._lm_eval_registration import register_lm_eval_model
 
         register_lm_eval_model()
     except Exception as exc:  # noqa: BLE001 - an incompatible lm-eval must not make amoeba_plugin unimportable

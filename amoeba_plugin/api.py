@@ -3,7 +3,7 @@
     from amoeba_plugin import AmoebaPruner, PruningConfig
 
     pruner = AmoebaPruner.from_pretrained("amoeba-tiny-sotu")
-    config = PruningConfig(method="uniform-magnitude", budget="0.5")
+    config = PruningConfig(method="flap", budget="0.5")   # flap is the default method
     out = pruner.prune(config, save_directory="pruned/", evaluate=True)
     out.model, out.plan, out.summary, out.perplexity_before, out.perplexity_after
 
@@ -23,6 +23,9 @@ from .errors import AmoebaError, DataError
 from .pipeline import RunData
 
 CONFIG_NAME = "pruning_config.json"
+#: the method a run uses when none is named: FLAP, the best training-free method measured here (see
+#: benchmarks/README.md, "Which method"); it is in the amoeba-baselines plugin, which setup installs
+DEFAULT_METHOD = "flap"
 
 
 def _budget_text(budget: Budget) -> str | dict:
@@ -57,7 +60,9 @@ class PruningConfig:
 
     CONFIG_NAME: ClassVar[str] = CONFIG_NAME
 
-    method: str = "uniform-magnitude"
+    #: the best training-free method by measurement (benchmarks/results/compare_*: lowest held-out
+    #: perplexity at 5 of the 6 model x budget points); from the amoeba-baselines plugin
+    method: str = DEFAULT_METHOD
     budget: str | Budget = "0.5"
     calibration: str | None = "sotu:train"
     calibration_samples: int = 32

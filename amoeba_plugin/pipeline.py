@@ -4,7 +4,8 @@ Every caller that prunes through the method contract (the Python API, the CLI, t
 harness, a backend's own command) goes through it, so the steps around a method's ``prune`` are
 written once and happen in one order::
 
-    seed -> budget check -> method.prune -> result check -> provenance -> amoeba_on_plan -> validate
+    seed -> budget check -> method.prune -> result check (a Plan, within the budget) -> provenance
+         -> amoeba_on_plan -> validate (and within the budget still)
 
 A method therefore only decides: it does not seed, re-check its budget or write the run's
 method/budget/seed/data into provenance (it still records its own choices: metric, target, ...).
@@ -28,6 +29,29 @@ from .errors import AmoebaError, DataError
 
 class MethodResultError(AmoebaError, TypeError):
     """A method's ``prune`` returned something other than a :class:`PruneResult` holding a Plan."""
+
+
+class OverBudgetError(MethodResultError):
+    """A method (or an ``amoeba_on_plan`` hook) produced a plan that costs more than the run's budget."""
+
+
+def check_within_budget(plan, anatomy, budget, who: str) -> None:
+    """Refuse a plan over a counted budget (params, nonembed, count, macs), naming ``who`` produced it,
+    the budget and the measured cost. Shape and latency budgets are not counted here (a shape is the
+    method's own contract; latency is measured by the methods that accept it)."""
+    if budget.kind == "shape" or budget.is_latency:
+        return
+    bound = budget.bind(anatomy)
+    cost, target = bound.measure(plan), bound.target
+    if cost <= target:
+        return
+    unit = "MACs per token" if budget.kind == "macs" else (
+        "non-embedding parameters" if budget.kind == "nonembed" else "parameters")
+    raise OverBudgetError(
+        f"{who} returned a plan over its budget {budget}: it allows {target:,.0f} {unit}, the plan has "
+        f"{cost:,} ({cost / bound.full:.2%} of {bound.full:,}, {cost / target - 1:+.2%} over)",
+        "a method must land at or below its budget: report it to the plugin's author (see `amoeba plugins`), "
+        "or pick another method (`amoeba methods`)")
 
 
 @dataclass(frozen=True)
@@ -175,6 +199,8 @@ def run_method(method, context, data: RunData | None = None, *, config: Any = No
     plan = result.plan
     base = result.model if result.model is not None else context.model
     anatomy = anatomy_of(base) if result.model is not None else context.anatomy
+    plan.validate(anatomy)
+    check_within_budget(plan, anatomy, context.budget, f"method '{method.name}'")
 
     # the run's own facts; a value the method recorded itself wins (older plugins still write them)
     plan.provenance = {"method": method.name, "budget": str(context.budget), "seed": context.seed,
@@ -189,6 +215,7 @@ def run_method(method, context, data: RunData | None = None, *, config: Any = No
     hook().amoeba_on_plan(plan=plan, context={"method": method.name, "budget": context.budget, "anatomy": anatomy,
                                               "model": base, "config": config, "options": options})
     plan.validate(anatomy)
+    check_within_budget(plan, anatomy, context.budget, f"method '{method.name}' (after amoeba_on_plan)")
     return MethodRun(method=method, result=result, plan=plan, model=base, anatomy=anatomy, patch=result.patch,
                      info=dict(result.info or {}), seconds=seconds, calibrated=bool(asked))
 
@@ -287,5 +314,5 @@ def inherit_texts(record: dict, source_model: str | os.PathLike | None) -> dict:
     return record
 
 
-__all__ = ["MethodResultError", "MethodRun", "RunData", "calibration_texts", "inherit_texts", "recorded_calibration",
-           "recorded_texts", "recorded_training", "run_method"]
+__all__ = ["MethodResultError", "MethodRun", "OverBudgetError", "RunData", "calibration_texts", "check_within_budget",
+           "inherit_texts", "recorded_calibration", "recorded_texts", "recorded_training", "run_method"]

@@ -11,3 +11,4 @@ plugins=()
 for d in plugins/*/; do [ -f "$d/pyproject.toml" ] && plugins+=(-e "$d"); done
 .venv/bin/pip install -q --disable-pip-version-check -e ".[all]" "${plugins[@]}"
 echo "amoeba-plugin is installed in .venv ($(.venv/bin/amoeba --version 2>/dev/null || echo 'amoeba'))"
+echo "main job: .venv/bin/amoeba prune amoeba-tiny-sotu --method flap --budget 0.5 --output runs/tiny-50 --overwrite"

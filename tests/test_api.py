@@ -13,7 +13,7 @@ from amoeba_plugin.errors import AmoebaError, InvalidBudgetError, UnknownNameErr
 from amoeba_plugin.plugins import get
 from amoeba_plugin.testing import make_tiny, registered_plugin
 
-NO_DATA = dict(calibration=None, evaluation=None)
+NO_DATA = dict(method="uniform-magnitude", calibration=None, evaluation=None)  # host-only: no plugin method
 
 
 # ---------------------------------------------------------------------- PruningConfig
@@ -122,7 +122,7 @@ def test_unreachable_budget_names_the_smallest_ratio():
 def test_prune_rejects_bad_input_before_work(tmp_path):
     pruner = AmoebaPruner(make_tiny("llama"))
     with pytest.raises(UnknownNameError):
-        pruner.prune(PruningConfig(method="nope", **NO_DATA), save_directory=tmp_path / "a")
+        pruner.prune(PruningConfig(**{**NO_DATA, "method": "nope"}), save_directory=tmp_path / "a")
     with pytest.raises(InvalidBudgetError, match="shape"):
         pruner.prune(PruningConfig(budget="shape=layers:2", **NO_DATA), save_directory=tmp_path / "b")
     busy = tmp_path / "busy"

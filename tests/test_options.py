@@ -125,9 +125,9 @@ def test_preflight_refuses_a_bad_option_before_any_model_loads(monkeypatch):
     monkeypatch.setattr(amoeba_plugin.models, "load_model", no_loading)
     for options, fragment in (({"keep_layers": "a"}, "keep_layers"), ({"metrik": "magnitude"}, "unknown option")):
         with pytest.raises(AmoebaError, match=fragment):
-            preflight(PruningConfig(method_options=options))
+            preflight(PruningConfig(method="uniform-magnitude", method_options=options))
     started = time.perf_counter()
-    result = CliRunner().invoke(cli, ["prune", "amoeba-tiny-sotu", "--option", "keep_layers=[0.5]"])
+    result = CliRunner().invoke(cli, ["prune", "amoeba-tiny-sotu", "-m", "uniform-magnitude", "--option", "keep_layers=[0.5]"])
     assert result.exit_code == 2 and "keep_layers" in result.stderr and "Fix:" in result.stderr
     assert time.perf_counter() - started < 5  # no model load: well under a second on an idle machine
 
@@ -221,7 +221,7 @@ def test_methods_json_and_one_method_list_the_options():
 
 # ---------------------------------------------------------------------- renamed flags: new names and old ones
 def test_prune_and_eval_take_the_new_flag_names_and_the_old_ones(tmp_path):
-    common = ["--budget", "0.8", "--calibration", "none", "--output"]
+    common = ["--method", "uniform-magnitude", "--budget", "0.8", "--calibration", "none", "--output"]
     new = CliRunner().invoke(cli, ["prune", "amoeba-tiny-sotu", *common, tmp_path / "new", "--evaluation", "brown:test",
                                    "--evaluation-windows", "2", "--evaluation-seq-len", "32",
                                    "--calibration-samples", "4", "--calibration-seq-len", "16"])

@@ -21,4 +21,6 @@ def register_with_transformers() -> None:
         pass
 
 
+register_with_transformers()  # whoever imports the architecture can load its exports
+
 __all__ = ["AmoebaConfig", "AmoebaForCausalLM", "AmoebaModel", "register_with_transformers"]

@@ -1,19 +1,16 @@
 """Registration of the host's architecture adapters (the Llama family, :mod:`amoeba_plugin.anatomy.llama`)."""
 from __future__ import annotations
 
-from ..anatomy.llama import LlamaFamilyAdapter
 from ..hookspecs import hookimpl
 
-ADAPTERS = (
-    LlamaFamilyAdapter("llama", ("llama",)),
-    LlamaFamilyAdapter("mistral", ("mistral",)),
-    LlamaFamilyAdapter("qwen2", ("qwen2",)),
-    LlamaFamilyAdapter("qwen3", ("qwen3",)),
-    LlamaFamilyAdapter("amoeba", ("amoeba",)),
-)
+#: adapter name -> the ``config.model_type`` values it handles
+FAMILIES = {"llama": ("llama",), "mistral": ("mistral",), "qwen2": ("qwen2",), "qwen3": ("qwen3",),
+            "amoeba": ("amoeba",)}
 
 
 @hookimpl
 def amoeba_register_architectures(register):
-    for adapter in ADAPTERS:
-        register(adapter)
+    from ..anatomy.llama import LlamaFamilyAdapter
+
+    for name, model_types in FAMILIES.items():
+        register(LlamaFamilyAdapter(name, model_types))

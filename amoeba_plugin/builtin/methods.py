@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
-from ..pruning.uniform import UniformWidthMethod
 
 
 @hookimpl
 def amoeba_register_methods(register):
+    from ..pruning.uniform import UniformWidthMethod
+
     register(UniformWidthMethod())

@@ -13,23 +13,32 @@ from .options import echo_table
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool):
-    """List loaded plugins and what each registered."""
+    """List loaded plugins: what each registered, the commands it added, and its errors and warnings."""
     from dataclasses import asdict
 
     from ..plugins import plugin_records
 
+    root = click.get_current_context().find_root().command
+    if hasattr(root, "_safe_load"):
+        root._safe_load()  # the plugin commands, so each record knows its commands
     records = plugin_records()
     if as_json:
         click.echo(json.dumps([asdict(r) for r in records], indent=1))
         return
     rows = []
     for r in records:
-        what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(r.registered.items())) or "-"
-        rows.append([r.name, r.version or "-", f"{r.origin} ({r.distribution or '?'})", r.status, what])
+        what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(r.registered.items()))
+        if r.commands:
+            what = "; ".join(filter(None, [what, f"commands: {', '.join(r.commands)}"]))
+        rows.append([r.name, r.version or "-", f"{r.origin} ({r.distribution or '?'})", r.status, what or "-"])
     echo_table(rows, ["plugin", "version", "origin", "status", "registered"])
     for r in records:
         if r.error:
             click.echo(f"! {r.name}: {r.error}")
+        for warning in r.warnings:
+            text = warning[len("amoeba:"):].strip() if warning.startswith("amoeba:") else warning
+            if not r.error or text not in r.error:
+                click.echo(f"warning: {r.name}: {text}")
 
 
 def method_record(name: str, method) -> dict:
@@ -72,16 +81,33 @@ def methods(name: str | None, as_json: bool):
             default = json.dumps(info["default"]) if not isinstance(info["default"], str) else info["default"]
             extra = ", ".join(info.get("choices", [])) or " and ".join(
                 f"{_SIGNS[k]} {v}" for k, v in info.get("bounds", {}).items())
+            if info.get("registry"):
+                extra = f"a name from `amoeba {info['registry']}`" if info["registry"] == "methods" else \
+                    f"a registered {info['registry'][:-1]}"
             rows.append([option, info["type"], default, extra or "", info["help"]])
         echo_table(rows, ["option", "type", "default", "choices/bounds", "help"])
+        for option, info in record["options"].items():
+            if info.get("registry"):
+                names = ", ".join(sorted(registry(info["registry"])))
+                click.echo(f"{option}: the name of a registered {info['registry'][:-1]} (registered: {names}; "
+                           f"the help above says which kinds this method accepts), e.g. "
+                           f"`amoeba prune MODEL --method {name} --option {option}=NAME`")
         return
     data = [method_record(n, m) for n, m in sorted(registry("methods").items())]
     if as_json:
         click.echo(json.dumps(data, indent=1))
         return
     rows = [[d["name"], d["plugin"], ",".join(d["capabilities"]) or "-", ",".join(d["budget_kinds"]),
-             d["description"]] for d in data]
-    echo_table(rows, ["method", "plugin", "capabilities", "budgets", "description"])
+             _metric_option(d), d["description"]] for d in data]
+    echo_table(rows, ["method", "plugin", "capabilities", "budgets", "metric", "description"])
+    click.echo("metric: the default of the method's metric option (change it with --option NAME=METRIC; "
+               "`amoeba methods METHOD` names the option)")
+
+
+def _metric_option(record: dict) -> str:
+    """The default of a method's option that takes a registered metric, or ``-``."""
+    found = [str(info["default"]) for info in record["options"].values() if info.get("registry") == "metrics"]
+    return ", ".join(found) or "-"
 
 
 @click.command()

@@ -2,11 +2,19 @@
 
 The group, its error handling and the loading of plugin commands; the commands live in modules
 named for them (:mod:`.info`: plugins, methods, inspect, tasks; :mod:`.prune`: prune, export;
-:mod:`.evaluate`: eval; :mod:`.recover`; :mod:`.fetch`) and plugins build theirs with :mod:`.options`. A thin layer
+:mod:`.evaluate`: eval; :mod:`.recover`; :mod:`.fetch`) and plugins build theirs with
+:mod:`.options`. A thin layer
 over :mod:`amoeba_plugin.api`. A user error (:class:`~amoeba_plugin.errors.AmoebaError`)
 prints one line, ``error: <problem>. Fix: <fix>``, and exits with status 2; ``--debug`` or
-``AMOEBA_DEBUG=1`` shows the traceback instead. torch and transformers are imported inside the
-commands, so ``amoeba --help`` stays quick. Plugins add commands through ``amoeba_register_commands``.
+``AMOEBA_DEBUG=1`` shows the traceback instead. Plugins add commands through ``amoeba_register_commands``.
+
+Start-up stays quick (``amoeba --help`` well under a second) because nothing here imports torch or
+transformers: the command modules import them inside the command functions, loading the plugins
+imports only their entry-point modules (registries fill on first use), and plugin commands are
+:func:`~amoeba_plugin.cli.options.lazy_command` s. A new built-in command is one module plus one entry
+in :data:`COMMANDS`; one whose module must import something heavy at top level goes in as
+``cli.add_command(lazy_command(NAME, "amoeba_plugin.cli.MODULE:ATTR", help=...))`` instead.
+``tests/test_cli.py::test_help_imports_no_torch`` keeps it so.
 """
 from __future__ import annotations
 
@@ -86,6 +94,8 @@ class AmoebaGroup(click.Group):
         if pm is not self._pm:  # first call, or the host was reset: start over
             self._pm, self._done = pm, set()
         builtins = {name: cmd for name, cmd in self.commands.items() if name in _BUILTIN_COMMANDS}
+        from ..plugins import note_commands, note_failure, warn_once
+
         for impl in reversed(pm.hook.amoeba_register_commands.get_hookimpls()):
             if impl.plugin_name in self._done:
                 continue
@@ -95,14 +105,17 @@ class AmoebaGroup(click.Group):
                 impl.function(cli=self)
             except Exception as exc:
                 self.commands = before
-                warnings.warn(f"amoeba: plugin '{impl.plugin_name}' failed in amoeba_register_commands and its "
-                              f"commands were skipped: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
+                message = f"{type(exc).__name__}: {exc}"
+                note_failure(impl.plugin_name, "amoeba_register_commands", message,
+                             warning=f"amoeba: plugin '{impl.plugin_name}' failed in amoeba_register_commands and "
+                                     f"its commands were skipped: {message}")
                 continue
             for name, command in builtins.items():
                 if self.commands.get(name) is not command:
                     self.commands[name] = command
-                    warnings.warn(f"amoeba: plugin '{impl.plugin_name}' tried to replace the built-in command "
-                                  f"'{name}'; the built-in was kept", RuntimeWarning, stacklevel=2)
+                    warn_once(impl.plugin_name, f"amoeba: plugin '{impl.plugin_name}' tried to replace the "
+                                                f"built-in command '{name}'; the built-in was kept")
+            note_commands(impl.plugin_name, [n for n, c in self.commands.items() if before.get(n) is not c])
 
     def _safe_load(self) -> None:
         try:
@@ -124,6 +137,8 @@ class AmoebaGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx):
+        from ..progress import set_quiet
+
         with _short_warnings():
             try:
                 return super().invoke(ctx)
@@ -131,6 +146,8 @@ class AmoebaGroup(click.Group):
                 if _debug(ctx):
                     raise
                 raise AmoebaCLIError(str(exc)) from exc
+            finally:
+                set_quiet(False)  # -q lasts one command (the CLI may run in process: tests, notebooks)
 
 
 # ---------------------------------------------------------------------- the group
@@ -144,9 +161,15 @@ def cli(debug: bool, quiet: bool):
     MODEL arguments take a Hugging Face hub name, a local directory, or amoeba-tiny-sotu (the
     embedded demo model).
     """
+    from ..progress import set_quiet, silence_library_bars
+
+    set_quiet(quiet)  # -q: no status lines and no bars
+    silence_library_bars()  # one progress style: ours; transformers' bars would overwrite it
 
 
-for _command in (plugins, methods, inspect, prune, recover, eval_, tasks, export, fetch):
+#: the built-in commands, in ``amoeba --help`` order of definition (click sorts them by name)
+COMMANDS = (plugins, methods, inspect, prune, recover, eval_, tasks, export, fetch)
+for _command in COMMANDS:
     cli.add_command(_command)
 tasks_ = tasks  # the name the command had here before the split
 

@@ -38,6 +38,8 @@ __all__ = [
     "evaluation_options",
     "export_options",
     "flag",
+    "LazyCommand",
+    "lazy_command",
     "option_flags",
     "option_pairs",
     "parse_options",
@@ -45,6 +47,53 @@ __all__ = [
     "pruning_settings",
     "table",
 ]
+
+
+# ---------------------------------------------------------------------- commands imported when they run
+class LazyCommand(click.Command):
+    """A command known by name and one-line help, whose module is imported only when it runs or shows
+    its own help, so ``amoeba --help`` lists it without importing torch. Works in any click group:
+    click builds the subcommand's context through :meth:`make_context`, which hands over to the real
+    command (a command or a group)."""
+
+    def __init__(self, name: str, target: str, help: str, hidden: bool = False):
+        super().__init__(name, help=help, short_help=help, hidden=hidden, add_help_option=False)
+        self.target = target
+        self._real: click.Command | None = None
+
+    def load(self) -> click.Command:
+        """The real click command: ``target`` is ``"package.module:attribute"``."""
+        if self._real is None:
+            import importlib
+
+            module, _, attribute = self.target.partition(":")
+            real = getattr(importlib.import_module(module), attribute)
+            if not isinstance(real, click.Command):
+                raise TypeError(f"{self.target} is a {type(real).__name__}, not a click command")
+            self._real = real
+        return self._real
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        return self.load().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        return self.load().invoke(ctx)
+
+    def get_help(self, ctx):
+        return self.load().get_help(ctx)
+
+    def get_params(self, ctx):
+        return self.load().get_params(ctx)
+
+    def main(self, *args, **kwargs):
+        return self.load().main(*args, **kwargs)
+
+
+def lazy_command(name: str, target: str, help: str, *, hidden: bool = False) -> LazyCommand:
+    """A command for ``amoeba_register_commands`` that imports ``target`` (``"pkg.cli:group"``) only
+    when the user runs it: ``cli.add_command(lazy_command("searchllm", "amoeba_searchllm.cli:searchllm",
+    help="Search for Efficient LLMs ..."))``. ``help`` is the line ``amoeba --help`` shows."""
+    return LazyCommand(name, target, help, hidden=hidden)
 
 
 # ---------------------------------------------------------------------- flags with hidden aliases

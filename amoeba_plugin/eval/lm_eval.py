@@ -25,9 +25,7 @@ from . import Evaluator
 from .logs import quiet_lm_eval
 from .model_args import load_model_args, resolve_device  # noqa: F401 - importable from here, as before
 
-#: the name of the lm-eval model, ``lm_eval --model amoeba``
-MODEL_NAME = "amoeba"
-MODEL_TARGET = "amoeba_plugin.eval.lm_eval_model:AmoebaLM"
+from .._lm_eval_registration import MODEL_NAME, MODEL_TARGET, register_lm_eval_model  # noqa: F401 - as before
 INSTALL_FIX = "pip install 'amoeba-plugin[lm-eval]' (or pip install 'lm-eval>=0.4.13')"
 _TASKS = Path(__file__).resolve().parent / "tasks"
 #: every packaged task and group name starts with this
@@ -80,23 +78,6 @@ def require_lm_eval():
     except ImportError as exc:
         raise AmoebaError(f"lm-evaluation-harness is not installed ({exc})", INSTALL_FIX) from None
     return lm_eval
-
-
-def register_lm_eval_model() -> bool:
-    """Register the lm-eval model ``amoeba`` (lazily: a ``module:Class`` string). Idempotent.
-
-    Returns False when lm-eval is not installed. Cheap (a few ms): it imports only
-    ``lm_eval.api.registry`` and ``lm_eval.models`` (lm-eval's own table of lazy names; it must be
-    imported first, or lm-eval, seeing a non-empty registry, would never fill in ``hf`` and the rest).
-    """
-    try:
-        import lm_eval.models  # noqa: F401
-        from lm_eval.api.registry import model_registry
-    except ImportError:
-        return False
-    if MODEL_NAME not in model_registry:
-        model_registry.register(MODEL_NAME, target=MODEL_TARGET)
-    return True
 
 
 def parse_tasks(tasks) -> list[str]:

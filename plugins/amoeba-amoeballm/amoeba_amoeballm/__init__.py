@@ -22,10 +22,12 @@ def amoeba_register_methods(register):
 
 @hookimpl
 def amoeba_register_commands(cli):
-    from .cli import amoeballm, extract
+    from amoeba_plugin.cli.options import lazy_command  # the command module loads only when it runs
 
-    cli.add_command(amoeballm)
-    cli.add_command(extract)
+    cli.add_command(lazy_command("amoeballm", "amoeba_amoeballm.cli:amoeballm", help=(
+        "AmoebaLLM one-for-all bundles: select, train, shapes, latency; then `amoeba extract`.")))
+    cli.add_command(lazy_command("extract", "amoeba_amoeballm.cli:extract", help=(
+        "Extract a standalone model of the best shape for a budget from an AmoebaLLM bundle.")))
 
 
 @hookimpl

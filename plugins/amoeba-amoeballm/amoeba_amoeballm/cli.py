@@ -105,7 +105,7 @@ def shapes(bundle, as_json):
         return
     keys = ["shape", "parameters_ratio", "non_embedding_ratio", "macs_ratio"]
     keys += ["score"] if b.shape_scores else []
-    keys += ["latency_ms", "latency_ratio"] if latency else []
+    keys += ["latency_ms", "latency_ratio", "latency_spread"] if latency else []
     _echo_table(rows, keys)
 
 
@@ -113,18 +113,26 @@ def shapes(bundle, as_json):
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--rebuild", is_flag=True, help="Measure again even if this machine's table exists.")
 @click.option("--tokens", type=int, default=32, show_default=True, help="Tokens decoded per measurement.")
-def latency(bundle, rebuild, tokens):
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
+              help="Timings per shape, each paired with one of the dense model; the ratio is their median.")
+def latency(bundle, rebuild, tokens, repeats):
     """Measure decode latency of every shape on this machine, once; stored in the bundle."""
     from .bundle import Bundle
-    from .extract import latency_table
+    from .extract import SPREAD_WARNING, latency_table
 
     from amoeba_plugin.statefiles import check_writable
 
     loaded = Bundle.load(bundle)
     check_writable(loaded.path, "bundle")  # the table is stored there: fail before measuring
-    table = latency_table(loaded, rebuild=rebuild, tokens=tokens)
+    table = latency_table(loaded, rebuild=rebuild, tokens=tokens, repeats=repeats)
     click.echo(f"dense: {table['dense_ms']:.3f} ms/token; {len(table['ms'])} shapes measured "
                f"({table['machine']['processor']}, {table['machine']['threads']} threads)")
+    if table.get("max_spread") is not None:
+        verdict = "large: a latency budget is uncertain" if table["max_spread"] > SPREAD_WARNING else "small"
+        click.echo(f"spread of the paired ratios over {table['repeats']} repeats: up to {table['max_spread']:.1%} "
+                   f"({verdict}); dense {table['dense_spread']:.1%}")
+    else:
+        click.echo("this table was measured once per shape (before repeats): rebuild with --rebuild to get its spread")
 
 
 def _extract_command():

@@ -2,7 +2,11 @@
 
 Budgets: parameters (all or non-embedding), a count, MACs per token, or measured decode latency
 (``latency=0.6`` of the dense model's, ``latency=8ms`` per token) from a table measured once per
-machine and stored in the bundle. Among the shapes that fit, the one with the best stored score
+machine and stored in the bundle. Decode time is noisy (one measurement moved the shapes that fit
+``latency=0.6`` from 6 to 20), so each shape is timed ``repeats`` times, each time right after the
+dense model (paired, so a machine getting busier moves both), its ratio is the median of the paired
+ratios, its ``spread`` how far those ratios range (max - min over the median), and a table with a
+spread over :data:`SPREAD_WARNING` warns. Among the shapes that fit, the one with the best stored score
 (loss after fine-tuning) wins; a bundle without scores takes the shape closest to the budget.
 """
 from __future__ import annotations
@@ -28,6 +32,11 @@ from .shapes import SelectionTable, Shape
 
 
 # ---------------------------------------------------------------------- latency
+#: relative spread of repeated latency ratios above which a latency budget is called uncertain
+SPREAD_WARNING = 0.10
+LATENCY_REPEATS = 5
+
+
 def machine_key(device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[str, dict]:
     """A file name and the facts it stands for: what makes a latency table valid on a machine."""
     cpu = platform.processor() or platform.machine()
@@ -48,6 +57,12 @@ def machine_key(device: str = "cpu", dtype: torch.dtype = torch.float32) -> tupl
 
 def decode_ms_per_token(model, prompt: int = 16, tokens: int = 32, repeats: int = 3, vocab: int | None = None) -> float:
     """Median milliseconds per greedily decoded token (KV cache on, batch 1) after one warm-up."""
+    return statistics.median(decode_times(model, prompt, tokens, repeats, vocab))
+
+
+def decode_times(model, prompt: int = 16, tokens: int = 32, repeats: int = 3, vocab: int | None = None,
+                 warm_up: bool = True) -> list[float]:
+    """Milliseconds per greedily decoded token (KV cache on, batch 1), once per repeat."""
     device = next(model.parameters()).device
     vocab = vocab or model.config.vocab_size
     ids = torch.randint(0, vocab, (1, prompt), generator=torch.Generator().manual_seed(0)).to(device)
@@ -55,7 +70,8 @@ def decode_ms_per_token(model, prompt: int = 16, tokens: int = 32, repeats: int 
               "pad_token_id": model.config.eos_token_id or 0}
     times = []
     with torch.no_grad():
-        model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})
+        if warm_up:
+            model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})
         for _ in range(repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -64,13 +80,21 @@ def decode_ms_per_token(model, prompt: int = 16, tokens: int = 32, repeats: int 
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - began) * 1000 / tokens)
-    return statistics.median(times)
+    return times
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median: how far repeated measurements range, relative to their middle."""
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle if middle else 0.0
 
 
 def latency_table(bundle: Bundle, model=None, anatomy=None, *, rebuild: bool = False, prompt: int = 16,
-                  tokens: int = 32, show_progress: bool = True) -> dict:
-    """``{"machine": facts, "dense_ms": x, "ms": {shape: ms}}`` for this machine: read from the
-    bundle, or measured once (every shape sliced and timed) and stored there."""
+                  tokens: int = 32, show_progress: bool = True, repeats: int = LATENCY_REPEATS) -> dict:
+    """``{"machine": facts, "dense_ms": x, "ms": {shape: ms}, "ratio": {shape: r}, "spread": {shape: s},
+    "max_spread": s, "repeats": n}`` for this machine: read from the bundle, or measured once (every
+    shape sliced and timed ``repeats`` times, each right after the dense model) and stored there.
+    Warns when the largest spread is over :data:`SPREAD_WARNING`."""
     from amoeba_plugin.progress import progress
 
     if model is None:
@@ -81,24 +105,59 @@ def latency_table(bundle: Bundle, model=None, anatomy=None, *, rebuild: bool = F
     if path.exists() and not rebuild:
         from amoeba_plugin.statefiles import read_json
 
-        return read_json(path, "latency table", f"rebuild it: `amoeba amoeballm latency {bundle.path} --rebuild`")
+        table = read_json(path, "latency table", f"rebuild it: `amoeba amoeballm latency {bundle.path} --rebuild`")
+        _warn_if_noisy(table)
+        return table
     table = bundle.table
     was_training = model.training
     model.eval()
-    dense = decode_ms_per_token(model, prompt, tokens)
-    ms = {}
+    decode_times(model, prompt, tokens, repeats=0)  # warm-up
+    dense_all, ms, ratio, spreads = [], {}, {}, {}
     shapes = table.shapes()
     for shape in (progress(shapes, "latency table") if show_progress else shapes):
         small = slice_model(model, anatomy, table.plan(shape, anatomy), patch=table.patch(shape, anatomy))
-        ms[str(shape)] = round(decode_ms_per_token(small, prompt, tokens), 4)
+        decode_times(small, prompt, tokens, repeats=0)  # warm-up
+        dense, mine = [], []
+        for _ in range(repeats):  # paired: dense, then the shape, so drift in load moves both
+            dense += decode_times(model, prompt, tokens, repeats=1, warm_up=False)
+            mine += decode_times(small, prompt, tokens, repeats=1, warm_up=False)
+        ratios = [m / d for m, d in zip(mine, dense)]
+        ms[str(shape)] = round(statistics.median(mine), 4)
+        ratio[str(shape)] = round(statistics.median(ratios), 4)
+        spreads[str(shape)] = round(spread(ratios), 4)
+        dense_all += dense
         del small
     model.train(was_training)
-    result = {"machine": facts, "prompt_tokens": prompt, "decoded_tokens": tokens, "dense_ms": round(dense, 4), "ms": ms}
+    result = {"machine": facts, "prompt_tokens": prompt, "decoded_tokens": tokens, "repeats": repeats,
+              "dense_ms": round(statistics.median(dense_all), 4) if dense_all else None,
+              "dense_spread": round(spread(dense_all), 4) if dense_all else None,
+              "ms": ms, "ratio": ratio, "spread": spreads, "max_spread": max(spreads.values(), default=0.0)}
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, path)
+    _warn_if_noisy(result)
     return result
+
+
+def _warn_if_noisy(table: dict) -> None:
+    worst = table.get("max_spread")
+    if worst is not None and worst > SPREAD_WARNING:
+        import warnings
+
+        shape = max(table["spread"], key=table["spread"].get)
+        warnings.warn(f"amoeba: latency ratios vary by up to {worst:.0%} between repeats (shape {shape}, "
+                      f"{table.get('repeats')} repeats): a latency budget near a shape's ratio is uncertain; "
+                      f"measure again on an idle machine (`amoeba amoeballm latency BUNDLE --rebuild --repeats 9`)",
+                      RuntimeWarning, stacklevel=3)
+
+
+def latency_ratio(table: dict, shape) -> float:
+    """A shape's decode latency over the dense model's: the median paired ratio (tables built before
+    repeats: the ratio of the medians)."""
+    if "ratio" in table and str(shape) in table["ratio"]:
+        return table["ratio"][str(shape)]
+    return table["ms"][str(shape)] / table["dense_ms"]
 
 
 # ---------------------------------------------------------------------- choosing a shape
@@ -124,7 +183,8 @@ def shape_rows(table: SelectionTable, anatomy, scores: dict | None = None, laten
             row["score"] = scores[str(shape)]
         if latency:
             row["latency_ms"] = latency["ms"].get(str(shape))
-            row["latency_ratio"] = round(row["latency_ms"] / latency["dense_ms"], 4) if row["latency_ms"] else None
+            row["latency_ratio"] = round(latency_ratio(latency, shape), 4) if row["latency_ms"] else None
+            row["latency_spread"] = latency.get("spread", {}).get(str(shape))
         rows.append(row)
     return rows
 
@@ -146,16 +206,19 @@ def choose_shape(table: SelectionTable, anatomy, budget: Budget, scores: dict | 
         if budget.is_latency:
             if latency is None:
                 raise InvalidBudgetError("a latency budget needs this machine's latency table", "build it first (`amoeba amoeballm latency BUNDLE`)")
-            ms = latency["ms"][str(shape)]
-            limit = budget.value if budget.kind == "latency_ms" else budget.value * latency["dense_ms"]
-            ok, size[shape] = ms <= limit, -ms
+            if budget.kind == "latency_ms":
+                ms = latency["ms"][str(shape)]
+                ok, size[shape] = ms <= budget.value, -ms
+            else:
+                r = latency_ratio(latency, shape)
+                ok, size[shape] = r <= budget.value, -r
         else:
             ok, size[shape] = bound.fits(plan), bound.measure(plan)
         if ok:
             fits.append(shape)
     if not fits:
         smallest = min(table.shapes(), key=lambda s: (-size[s] if budget.is_latency else size[s]))
-        unit = "ms per token" if budget.is_latency else budget.kind
+        unit = {"latency_ms": "ms per token", "latency": "of the dense latency"}.get(budget.kind, budget.kind)
         raise InvalidBudgetError(f"no shape of this bundle meets budget {budget}: the smallest, {smallest}, needs "
                                  f"{abs(size[smallest]):.4g} {unit}",
                                  "relax the budget, or build a bundle with a smaller --min-layers or width")
@@ -266,4 +329,4 @@ def export_extraction(result: Extraction, destination, exporter: str = "auto", o
 
 
 __all__ = ["Choice", "Extraction", "choose_shape", "decode_ms_per_token", "export_extraction", "extract",
-           "latency_table", "machine_key", "merged_patch", "shape_rows"]
+           "latency_ratio", "latency_table", "machine_key", "merged_patch", "shape_rows", "spread"]

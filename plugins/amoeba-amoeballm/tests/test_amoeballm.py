@@ -2,6 +2,7 @@
 fine-tuning (resume), extraction (masked == sliced == reloaded), latency budgets, lm-eval, CLI."""
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -226,12 +227,25 @@ def test_latency_table_is_built_once_and_meets_latency_budgets(selected, embedde
     shutil.copytree(selected.path, path)
     bundle = Bundle.load(path)
     model, _, anatomy = embedded
-    table = latency_table(bundle, model, anatomy, tokens=4, show_progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a busy test machine may well be noisy
+        table = latency_table(bundle, model, anatomy, tokens=4, show_progress=False, repeats=3)
+        assert latency_table(bundle, model, anatomy, tokens=4) == table  # read back, not measured again
     assert set(table["ms"]) == {str(s) for s in bundle.table.shapes()} and table["dense_ms"] > 0
-    assert latency_table(bundle, model, anatomy, tokens=4) == table  # read back, not measured again
+    assert set(table["ratio"]) == set(table["spread"]) == set(table["ms"]) and table["repeats"] == 3
+    assert table["max_spread"] == max(table["spread"].values()) >= 0
     limit = max(table["ms"].values())
     choice = choose_shape(bundle.table, anatomy, Budget.parse(f"latency={limit}ms"), latency=table)
     assert table["ms"][str(choice.shape)] <= limit
+    ratio = sorted(table["ratio"].values())[len(table["ratio"]) // 2]  # the paired ratios decide latency=R
+    choice = choose_shape(bundle.table, anatomy, Budget.parse(f"latency={ratio}"), latency=table)
+    assert table["ratio"][str(choice.shape)] <= ratio
+    # a noisy table warns whenever it is used
+    stored = next((path / "latency").glob("*.json"))
+    noisy = {**table, "spread": {**table["spread"], str(choice.shape): 0.5}, "max_spread": 0.5}
+    stored.write_text(json.dumps(noisy))
+    with pytest.warns(RuntimeWarning, match=r"vary by up to 50%.*--rebuild"):
+        latency_table(bundle, model, anatomy, tokens=4)
 
 
 def test_extraction_is_a_stock_model_with_uniform_widths(embedded, tmp_path):

@@ -20,6 +20,7 @@ def amoeba_register_methods(register):
 
 @hookimpl
 def amoeba_register_commands(cli):
-    from .cli import searchllm
+    from amoeba_plugin.cli.options import lazy_command  # the command module loads only when it runs
 
-    cli.add_command(searchllm)
+    cli.add_command(lazy_command("searchllm", "amoeba_searchllm.cli:searchllm", help=(
+        "Search for Efficient LLMs: OBS init, evolutionary mask search under a budget, reformation.")))

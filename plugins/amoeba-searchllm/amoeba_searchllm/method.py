@@ -182,6 +182,11 @@ class SearchLLMMethod(Method):
         statistics, fitness_windows = windows[:-n_fit], windows[-n_fit:, : options.fitness_seq_len]
         model, anatomy = context.model, context.anatomy
         timings = {}
+        from amoeba_plugin.progress import note
+
+        note(f"searchllm: OBS initialisation on {len(statistics)} windows, then " + (
+            f"{config.population * (config.generations + 1):,} fitness evaluations ({config.generations + 1} "
+            f"generations of {config.population}, preset '{options.preset}')" if options.search else "no search"))
 
         t = time.perf_counter()
         bias = options.reformation_bias and options.reformation != "none"

@@ -30,7 +30,7 @@ import numpy as np
 
 from amoeba_plugin.errors import AmoebaError
 from amoeba_plugin.options import Options, option
-from amoeba_plugin.progress import progress, report
+from amoeba_plugin.progress import expect, progress, report
 
 from .genome import Candidate
 from .operators import Rates, Variation
@@ -160,8 +160,10 @@ def read_state(work_dir) -> dict | None:
     if state is None:
         return None
     version = state.get("version", 0)
-    if state.get("format") != STATE_FORMAT or not isinstance(version, int) or version > STATE_VERSION:
-        raise AmoebaError(f"{path} is not a search checkpoint this version can read", _STATE_FIX)
+    if state.get("format") != STATE_FORMAT:  # someone else's file: restart will not delete it either
+        raise AmoebaError(f"{path} is not a search checkpoint", "use another work directory (checkpoint_dir)")
+    if not isinstance(version, int) or version > STATE_VERSION:
+        raise AmoebaError(f"{path} is a search checkpoint of a version this one cannot read", _STATE_FIX)
     bad = [k for k, kind in _STATE_KEYS.items() if not isinstance(state.get(k), kind) or isinstance(state.get(k), bool)]
     if bad:
         raise AmoebaError(f"the search checkpoint {path} is damaged (missing or malformed: {', '.join(bad)})",
@@ -303,6 +305,10 @@ class EvolutionSearch:
             for i, (key, child) in enumerate(batch.items()):
                 scores[key] = self.score(child)
                 report(f"generation {generation}: candidates", i + 1, len(batch))
+                if i == 0 and generation == start_generation:  # the first evaluation sets the expectation
+                    each, planned = time.perf_counter() - t_eval, cfg.population * (cfg.generations + 1 - generation)
+                    expect("searchllm search", each * planned, f"{planned:,} fitness evaluations at {each:.2f} s, "
+                                                               "the first one's time")
             eval_seconds = time.perf_counter() - t_eval
             pool.update(batch)  # the parents of the next generation, best first
             pool = {k: pool[k] for k in sorted(pool, key=lambda k: self._order(k, scores))[: cfg.top_k]}

@@ -24,9 +24,10 @@ def amoeba_register_methods(register):
 
 @hookimpl
 def amoeba_register_commands(cli):
-    from .cli import sheared
+    from amoeba_plugin.cli.options import lazy_command  # the command module loads only when it runs
 
-    cli.add_command(sheared)
+    cli.add_command(lazy_command("sheared", "amoeba_sheared.cli:sheared", help=(
+        "Sheared-LLaMA: prune to an exact shape (L0 masks + Lagrangian), then continued pre-training.")))
 
 
 @hookimpl
