@@ -1,6 +1,8 @@
-"""Built-in exporters: ``auto`` (the CLI default), ``hf``, ``amoeba`` and ``plan``."""
+"""Built-in exporters: ``auto`` (the CLI default), ``hf``, ``amoeba``, ``plan``, and for inference engines
+``decilm`` (vLLM) and ``gguf`` (llama.cpp)."""
 from __future__ import annotations
 
+from ..export.engines import DeciLMExporter, GGUFExporter
 from ..export.writers import (
     AmoebaExporter,
     AutoExporter,
@@ -12,5 +14,6 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def amoeba_register_exporters(register):
-    for exporter in (AutoExporter(), HuggingFaceExporter(), AmoebaExporter(), PlanExporter()):
+    for exporter in (AutoExporter(), HuggingFaceExporter(), AmoebaExporter(), PlanExporter(), DeciLMExporter(),
+                     GGUFExporter()):
         register(exporter)
