@@ -66,7 +66,7 @@ def prune(model, options, config_path, output, overwrite, evaluate, **settings):
 @click.argument("model")
 @click.option("--plan", "plan_path", required=True, type=click.Path(), help="plan.json (or an export directory).")
 @export_options(required=True)
-def export(model, plan_path, output, exporter, overwrite):
+def export(model, plan_path, output, exporter, export_dtype, overwrite):
     """Apply a plan to MODEL and export the result."""
     from ..export import check_destination
     from ..plan import Plan
@@ -82,7 +82,7 @@ def export(model, plan_path, output, exporter, overwrite):
 
     anatomy = anatomy_of(loaded)
     plan.validate(anatomy)
-    request = ExportRequest(model=loaded, anatomy=anatomy, plan=plan, tokenizer=tokenizer,
+    request = ExportRequest(model=loaded, anatomy=anatomy, plan=plan, tokenizer=tokenizer, dtype=export_dtype,
                             info={"source_model": model, "plan": str(plan_path), **plan.provenance})
     with status(f"exporting with '{exporter}'"):
         path = run_export(exporter, request, output, overwrite)

@@ -159,9 +159,12 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
     if sliced_model is not None:
         lines.append(f"- Architecture: `{arch}` (model_type `{model_type}`)"
                      + (", the amoeba-plugin per-layer architecture" if amoeba else ", the family's stock class"))
-        first = next(iter(sliced_model.parameters()), None)
-        if first is not None:
-            lines.append(f"- Weights: {str(first.dtype).removeprefix('torch.')} (the source model's dtype)")
+        from ..models import stored_dtype
+        from .writers import export_dtype
+
+        written, source_dtype = str(export_dtype(request)).removeprefix("torch."), stored_dtype(request.model)
+        lines.append(f"- Weights: {written} " + ("(the source model's dtype)" if written == source_dtype
+                                                 else f"(the source model is stored in {source_dtype})"))
     lines.append("")
 
     lines += ["## Per-layer shapes", "",

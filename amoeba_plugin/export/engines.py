@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from . import Exporter, ExportRequest
 from .card import model_card
 from .decilm import CONFIG_MODULE, config_module_source, decilm_layout, layer_shapes, refusal
-from .writers import EXPORT_INFO, export_info, sliced_for, stock_obstacle
+from .writers import EXPORT_INFO, cast_state, export_dtype, export_info, sliced_for, stock_obstacle
 
 GGUF_NAME = "model.gguf"
 
@@ -65,7 +67,9 @@ class DeciLMExporter(Exporter):
         directory = Path(directory)
         sliced = _sliced(request)
         layout = decilm_layout(sliced)
-        save_file(layout.state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        dtype = export_dtype(request)
+        layout.config["dtype"] = str(dtype).removeprefix("torch.")
+        save_file(cast_state(layout.state, dtype), str(directory / "model.safetensors"), metadata={"format": "pt"})
         (directory / "config.json").write_text(json.dumps(layout.config, indent=2) + "\n", encoding="utf-8")
         (directory / CONFIG_MODULE).write_text(config_module_source(), encoding="utf-8")
         if getattr(sliced, "generation_config", None) is not None:
@@ -89,7 +93,7 @@ class DeciLMExporter(Exporter):
 
 class GGUFExporter(Exporter):
     name = "gguf"
-    description = "a GGUF file for llama.cpp (llama or deci architecture, exact per-layer shapes; f16 by default)"
+    description = "a GGUF file for llama.cpp (llama or deci architecture, exact per-layer shapes; f16 from a 16-bit source, f32 from a float32 one)"
 
     def check(self, request: ExportRequest) -> str | None:
         if request.tokenizer is None:
@@ -101,7 +105,7 @@ class GGUFExporter(Exporter):
 
         directory = Path(directory)
         sliced = _sliced(request)
-        dtype = (request.info or {}).get("gguf_dtype") or "f16"
+        dtype = "f32" if export_dtype(request) == torch.float32 else "f16"
         report = write_gguf(sliced, request.tokenizer, directory / GGUF_NAME, dtype=dtype,
                             name=str((request.info or {}).get("source_model") or ""))
         serve = ["## Running with llama.cpp", "",

@@ -168,7 +168,7 @@ def export_info(request: ExportRequest, exporter_name: str, model=None) -> dict:
     if model is not None:
         out.update(architecture="amoeba" if model.config.model_type == "amoeba" else "stock",
                    model_type=model.config.model_type, model_class=type(model).__name__,
-                   dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                   dtype=str(export_dtype(request)).removeprefix("torch."),
                    patched_tensors=sorted(request.patch or {}))
     info = {k: v for k, v in (request.info or {}).items() if k != "summary"}
     if info:
@@ -176,10 +176,41 @@ def export_info(request: ExportRequest, exporter_name: str, model=None) -> dict:
     return _jsonable(out)
 
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def export_dtype(request: ExportRequest) -> torch.dtype:
+    """The dtype an export is written in: ``request.dtype``, else the source checkpoint's stored dtype
+    (a float16 source gives a float16 export although it was pruned in float32)."""
+    from ..models import stored_dtype
+
+    name = request.dtype or stored_dtype(request.model)
+    if name not in DTYPES:
+        raise PlanError(f"unknown export dtype '{name}'", f"use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating tensors of ``state`` in ``dtype``; tensors that share storage (tied weights) stay shared."""
+    cast: dict[int, torch.Tensor] = {}
+    return {k: cast.setdefault(v.data_ptr(), v.to(dtype)) if v.is_floating_point() else v for k, v in state.items()}
+
+
 def write_model(request: ExportRequest, model, directory: Path, exporter_name: str) -> None:
-    """Write ``model`` and its companions into ``directory`` (which the atomic writer owns)."""
+    """Write ``model`` (in :func:`export_dtype`) and its companions into ``directory`` (which the atomic
+    writer owns). The caller's model is not cast: a cast copy of its state is written."""
     directory = Path(directory)
-    model.save_pretrained(directory)
+    dtype = export_dtype(request)
+    current = next(model.parameters()).dtype
+    if current == dtype:
+        model.save_pretrained(directory)
+    else:
+        saved = model.config.dtype
+        model.config.dtype = dtype
+        try:
+            model.save_pretrained(directory, state_dict=cast_state(model.state_dict(), dtype))
+        finally:
+            model.config.dtype = saved
     if request.tokenizer is not None:
         request.tokenizer.save_pretrained(directory)
     request.plan.save(directory / "plan.json")
@@ -231,12 +262,15 @@ class PlanExporter(Exporter):
 EXPORTERS = (HuggingFaceExporter, AmoebaExporter, AutoExporter, PlanExporter)
 
 __all__ = [
+    "DTYPES",
     "EXPORTERS",
     "EXPORT_INFO",
     "AmoebaExporter",
     "AutoExporter",
     "HuggingFaceExporter",
     "PlanExporter",
+    "cast_state",
+    "export_dtype",
     "export_info",
     "sliced_for",
     "sliced_shapes",
