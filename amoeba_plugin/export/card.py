@@ -139,8 +139,8 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
         lines.append("- Output biases: every kept `o_proj` and `down_proj` carries a bias (bias compensation)")
     if request.patch:
         lines.append(f"- Compensation: {len(request.patch)} tensor(s) computed by the method "
-                     + ("were folded into the weights" if sliced_model is not None
-                        else "are NOT part of this plan-only export"))
+                     + ("were folded into the weights and are saved as `patch.safetensors`" if sliced_model is not None
+                        else "are saved as `patch.safetensors` beside the plan"))
     lines.append("")
 
     lines += ["## Result", "",
@@ -208,11 +208,16 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
                   "amoeba-plugin:", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
                   "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/directory\")",
                   "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/directory\")", "```", ""]
-    lines += ["`plan.json` records exactly which units of the source model were kept; `amoeba export "
-              "SOURCE --plan plan.json` reproduces this export from the source model."
-              if sliced_model is not None else
-              "`plan.json` lists, by index into the source model, the kept layers, KV groups, query heads, "
-              "head channels and MLP channels.", ""]
+    if request.patch:
+        lines += [f"`plan.json` records which units of the source model were kept, and `patch.safetensors` the "
+                  f"{len(request.patch)} tensor(s) the method changed; together they reproduce this "
+                  "export from the source model: `amoeba export SOURCE --plan path/to/this/directory`.", ""]
+    else:
+        lines += ["`plan.json` records exactly which units of the source model were kept; the method changed no "
+                  "weight, so `amoeba export SOURCE --plan plan.json` reproduces this export from the source model."
+                  if sliced_model is not None else
+                  "`plan.json` lists, by index into the source model, the kept layers, KV groups, query heads, "
+                  "head channels and MLP channels.", ""]
     return "\n".join(lines)
 
 

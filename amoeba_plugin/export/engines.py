@@ -13,6 +13,7 @@ import torch
 
 from . import Exporter, ExportRequest
 from .card import model_card
+from .patch import save_patch
 from .decilm import CONFIG_MODULE, config_module_source, decilm_layout, layer_shapes, refusal
 from .writers import EXPORT_INFO, cast_state, export_dtype, export_info, sliced_for, stock_obstacle
 
@@ -46,6 +47,7 @@ def _write_companions(request: ExportRequest, sliced, directory: Path, name: str
     if request.tokenizer is not None:
         request.tokenizer.save_pretrained(directory)
     request.plan.save(directory / "plan.json")
+    save_patch(request.patch, directory)
     card = model_card(request, name, sliced).rstrip("\n")
     (directory / "README.md").write_text(card + "\n\n" + "\n".join(serve) + "\n", encoding="utf-8")
     info = export_info(request, name, sliced)

@@ -9,7 +9,8 @@
 Model exports hold ``model.safetensors`` + ``config.json`` (+ ``generation_config.json``), the
 tokenizer when one was given, ``plan.json``, a model card ``README.md`` and ``amoeba_export.json``
 (exporter, amoeba-plugin version, summary). Weights keep the source dtype; a patch (compensation
-biases, reformed weights) is folded in by slicing.
+biases, reformed weights) is folded in by slicing and also saved as ``patch.safetensors`` beside
+``plan.json``, so the plan reproduces the export.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from ..surgery.physical import (
 )
 from . import Exporter, ExportRequest
 from .card import model_card
+from .patch import save_patch
 
 EXPORT_INFO = "amoeba_export.json"
 _BIAS_MODULES = {"q": _ATTN["q"], "k": _ATTN["k"], "v": _ATTN["v"], "o": _ATTN["o"],
@@ -214,6 +216,7 @@ def write_model(request: ExportRequest, model, directory: Path, exporter_name: s
     if request.tokenizer is not None:
         request.tokenizer.save_pretrained(directory)
     request.plan.save(directory / "plan.json")
+    save_patch(request.patch, directory)
     (directory / "README.md").write_text(model_card(request, exporter_name, model), encoding="utf-8")
     (directory / EXPORT_INFO).write_text(json.dumps(export_info(request, exporter_name, model), indent=1) + "\n",
                                          encoding="utf-8")
@@ -256,6 +259,7 @@ class PlanExporter(Exporter):
     def write(self, request: ExportRequest, directory: Path) -> None:
         directory = Path(directory)
         request.plan.save(directory / "plan.json")
+        save_patch(request.patch, directory)
         (directory / "README.md").write_text(model_card(request, self.name, None), encoding="utf-8")
 
 
