@@ -74,14 +74,14 @@ def write_gguf(model, tokenizer, path: str | Path, dtype: str = "f16", name: str
 
     if dtype not in DTYPES:
         raise AmoebaError(f"unknown GGUF dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
-    if tokenizer is None:
-        raise AmoebaError("a GGUF file needs the tokenizer", "export from a model directory that has one")
     cfg = model.config
     shapes, head_dim = layer_shapes(model)
     reason = refusal(shapes, head_dim, "GGUF")
     if reason:
         raise AmoebaError(f"this model has no GGUF form: {reason}",
                           "prune whole heads (e.g. --method flap), or export with --exporter amoeba")
+    if tokenizer is None:
+        raise AmoebaError("a GGUF file needs the tokenizer", "export from a model directory that has one")
     stock = cfg.model_type == "llama"
     arch = "llama" if stock else "deci"
     hidden = cfg.hidden_size

@@ -206,13 +206,11 @@ def write_model(request: ExportRequest, model, directory: Path, exporter_name: s
     current = next(model.parameters()).dtype
     if current == dtype:
         model.save_pretrained(directory)
-    else:
-        saved = model.config.dtype
-        model.config.dtype = dtype
-        try:
-            model.save_pretrained(directory, state_dict=cast_state(model.state_dict(), dtype))
-        finally:
-            model.config.dtype = saved
+    else:  # save_pretrained records the parameters' dtype in config.json: state the written one instead
+        model.save_pretrained(directory, state_dict=cast_state(model.state_dict(), dtype))
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if request.tokenizer is not None:
         request.tokenizer.save_pretrained(directory)
     request.plan.save(directory / "plan.json")
