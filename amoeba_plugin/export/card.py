@@ -75,6 +75,22 @@ def _metric_rows(info: dict) -> list[tuple[str, Any, Any, str | None]]:
     return rows
 
 
+def _model_index(name: str, info: dict) -> list[str]:
+    """``model-index`` YAML lines (the Hub's evaluation results) for the metrics measured after pruning."""
+    results = [(metric, after, where) for metric, _, after, where in _metric_rows(info)
+               if isinstance(after, (int, float)) and not isinstance(after, bool)]
+    if not results:
+        return []
+    lines = ["model-index:", f"- name: {_yaml_str(name.rsplit('/', 1)[-1] + '-pruned')}", "  results:"]
+    for metric, value, where in results:
+        lines += ["  - task:", "      type: text-generation",
+                  "    dataset:", f"      name: {_yaml_str(where or 'unspecified')}",
+                  f"      type: {_yaml_str(where or 'unspecified')}",
+                  "    metrics:", f"    - type: {_yaml_str(metric)}", f"      value: {float(value):.6g}",
+                  f"      name: {_yaml_str(f'{metric} after pruning')}"]
+    return lines
+
+
 def _is_metric_key(key: str, info: dict) -> bool:
     if key.endswith(("_before", "_after")):
         return True
@@ -92,8 +108,12 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
         from ..pipeline import recorded_calibration
 
         facts["calibration"] = recorded_calibration(facts)
+    from ..models import KNOWN_SOURCES, source_facts
+
     source = info.get("source_model") or plan.source.get("name")
-    base = hub_id(source)
+    known = source_facts(request.model) or KNOWN_SOURCES.get(source, {})
+    # a project name ("smollm2-135m") maps to its hub id; anything else that looks like one is one
+    base = known.get("hub_id") if known or source in KNOWN_SOURCES else hub_id(source)
     summary = plan.summary(anatomy)
     full = Plan.full(anatomy)
     before, before_ne = full.num_parameters(anatomy), full.num_parameters(anatomy, embeddings=False)
@@ -106,7 +126,13 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
     lines = ["---", "library_name: transformers"]
     if base:
         lines.append(f"base_model: {_yaml_str(base)}")
-    lines += ["tags:", *[f"- {t}" for t in TAGS], "pipeline_tag: text-generation", "---", ""]
+    if known.get("license"):
+        lines.append(f"license: {known['license']}")
+    method = facts.get("method")
+    tags = [*TAGS, *([str(method)] if isinstance(method, str) and method not in TAGS else [])]
+    lines += ["tags:", *[f"- {_yaml_str(t)}" for t in tags], "pipeline_tag: text-generation"]
+    lines += _model_index(str(base or source or "pruned-model"), info)
+    lines += ["---", ""]
 
     what = f"`{source}`" if source else f"a {anatomy.model_type} model"
     if base:

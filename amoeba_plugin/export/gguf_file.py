@@ -70,7 +70,10 @@ def _vocab(tokenizer, vocab_size: int):
 
 def write_gguf(model, tokenizer, path: str | Path, dtype: str = "f16", name: str | None = None) -> dict:
     """Write ``model`` (a sliced stock or amoeba model) and ``tokenizer`` to ``path``; return a report."""
-    import gguf
+    try:
+        import gguf
+    except ImportError:
+        raise AmoebaError("the gguf exporter needs the 'gguf' package", "pip install 'amoeba-plugin[gguf]'") from None
 
     if dtype not in DTYPES:
         raise AmoebaError(f"unknown GGUF dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
