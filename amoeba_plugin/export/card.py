@@ -130,7 +130,7 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
         lines.append(f"license: {known['license']}")
     method = facts.get("method")
     tags = [*TAGS, *([str(method)] if isinstance(method, str) and method not in TAGS else [])]
-    lines += ["tags:", *[f"- {_yaml_str(t)}" for t in tags], "pipeline_tag: text-generation"]
+    lines += ["tags:", *[f"- {t}" for t in tags], "pipeline_tag: text-generation"]
     lines += _model_index(str(base or source or "pruned-model"), info)
     lines += ["---", ""]
 
