@@ -65,7 +65,7 @@ def prune(model, options, config_path, output, overwrite, evaluate, **settings):
 @click.command()
 @click.argument("model")
 @click.option("--plan", "plan_path", required=True, type=click.Path(),
-              help="An export directory (plan.json and patch.safetensors) or a plan.json.")
+              help="An export directory (plan.json and amoeba_patch/) or a plan.json.")
 @click.option("--ignore-patch", is_flag=True,
               help="Apply the plan to the unchanged weights even though its method changed some.")
 @export_options(required=True)

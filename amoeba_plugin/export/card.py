@@ -165,8 +165,8 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
         lines.append("- Output biases: every kept `o_proj` and `down_proj` carries a bias (bias compensation)")
     if request.patch:
         lines.append(f"- Compensation: {len(request.patch)} tensor(s) computed by the method "
-                     + ("were folded into the weights and are saved as `patch.safetensors`" if sliced_model is not None
-                        else "are saved as `patch.safetensors` beside the plan"))
+                     + ("were folded into the weights and are saved as `amoeba_patch/patch.safetensors`" if sliced_model is not None
+                        else "are saved as `amoeba_patch/patch.safetensors` beside the plan"))
     lines.append("")
 
     lines += ["## Result", "",
@@ -235,7 +235,7 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
                   "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/directory\")",
                   "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/directory\")", "```", ""]
     if request.patch:
-        lines += [f"`plan.json` records which units of the source model were kept, and `patch.safetensors` the "
+        lines += [f"`plan.json` records which units of the source model were kept, and `amoeba_patch/patch.safetensors` the "
                   f"{len(request.patch)} tensor(s) the method changed; together they reproduce this "
                   "export from the source model: `amoeba export SOURCE --plan path/to/this/directory`.", ""]
     else:

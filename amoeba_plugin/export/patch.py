@@ -2,8 +2,9 @@
 
 ``plan.json`` says which units were kept, not what a method did to the kept weights (FLAP's
 compensation biases, the Search backend's reformed projections, Sheared's and AmoebaLLM's trained
-weights). Exports therefore write those tensors as ``patch.safetensors`` (source naming, their own
-dtype) next to ``plan.json``, and everything that applies a plan from disk (``amoeba export
+weights). Exports therefore write those tensors as ``amoeba_patch/patch.safetensors`` (source naming,
+their own dtype; in a folder, since vLLM loads every top-level ``*.safetensors`` of a directory)
+next to ``plan.json``, and everything that applies a plan from disk (``amoeba export
 --plan``, ``amoeba eval --plan``) reads it back, or refuses a plan whose method changed weights when
 the patch is missing, instead of silently building a different model.
 """
@@ -17,18 +18,20 @@ import torch
 from ..errors import AmoebaError, CorruptFileError
 from ..plan import Plan
 
-PATCH_FILE = "patch.safetensors"
+#: in a folder of its own: engines (vLLM) load every top-level ``*.safetensors`` of a model directory
+PATCH_FILE = "amoeba_patch/patch.safetensors"
 #: method capabilities that mean the plan alone does not reproduce the method's model
 WEIGHT_CHANGES = frozenset({"changes_weights", "trains"})
 
 
 def save_patch(patch: dict[str, torch.Tensor] | None, directory: str | os.PathLike) -> Path | None:
-    """Write ``patch`` as ``directory/patch.safetensors`` (nothing when it is empty)."""
+    """Write ``patch`` as ``directory/amoeba_patch/patch.safetensors`` (nothing when it is empty)."""
     if not patch:
         return None
     from safetensors.torch import save_file
 
     path = Path(directory) / PATCH_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().to("cpu").contiguous() for k, v in patch.items()}, str(path),
               metadata={"format": "pt", "written_by": "amoeba-plugin"})
     return path

@@ -9,7 +9,7 @@
 Model exports hold ``model.safetensors`` + ``config.json`` (+ ``generation_config.json``), the
 tokenizer when one was given, ``plan.json``, a model card ``README.md`` and ``amoeba_export.json``
 (exporter, amoeba-plugin version, summary). Weights keep the source dtype; a patch (compensation
-biases, reformed weights) is folded in by slicing and also saved as ``patch.safetensors`` beside
+biases, reformed weights) is folded in by slicing and also saved as ``amoeba_patch/patch.safetensors`` beside
 ``plan.json``, so the plan reproduces the export.
 """
 from __future__ import annotations
