@@ -69,6 +69,8 @@ class PruningConfig:
     calibration_seq_len: int = 256
     seed: int = 0
     exporter: str = "auto"
+    #: dtype of the exported weights (float32, float16, bfloat16); None keeps the source checkpoint's
+    export_dtype: str | None = None
     evaluation: str | None = "sotu:validation"
     evaluation_windows: int = 32
     evaluation_seq_len: int = 256
@@ -100,6 +102,9 @@ class PruningConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise AmoebaError(f"{name} must be an integer >= {low}, got {value!r}",
                                   f"set {name} to an integer of at least {low}")
+        if self.export_dtype is not None and self.export_dtype not in ("float32", "float16", "bfloat16"):
+            raise AmoebaError(f"export_dtype must be float32, float16 or bfloat16, got {self.export_dtype!r}",
+                              "leave it unset to keep the source model's dtype")
         if self.method_options is None:
             self.method_options = {}
         if not isinstance(self.method_options, dict):
@@ -429,7 +434,7 @@ class AmoebaPruner:
         from .export import ExportRequest
 
         request = ExportRequest(model=run.model, anatomy=run.anatomy, plan=run.plan, tokenizer=self.tokenizer,
-                                patch=run.patch, info=info, sliced=sliced)
+                                patch=run.patch, info=info, sliced=sliced, dtype=config.export_dtype)
         return export_with_config(config.exporter, request, save_directory, overwrite, config)
 
 

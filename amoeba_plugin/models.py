@@ -21,6 +21,9 @@ EMBEDDED = "amoeba-tiny-sotu"
 EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / EMBEDDED
 #: names of models that ``amoeba fetch NAME`` builds into the cache
 FETCHABLE = ("smollm2-135m",)
+#: what a fetched model is on the Hugging Face Hub (its model card's ``base_model``) and its licence
+KNOWN_SOURCES = {"smollm2-135m": {"hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"},
+                 EMBEDDED: {"hub_id": None, "license": "apache-2.0"}}
 ENV_CACHE = "AMOEBA_CACHE"
 
 
@@ -165,7 +168,40 @@ def load_model(name_or_path, dtype=None, device: str = "cpu"):
         corrupt = _damaged_file(path)
         if corrupt is not None:
             raise corrupt from None
+    model.amoeba_stored_dtype = _stored_dtype(path, model)
+    model.amoeba_source_name = str(name_or_path)
     return model.to(device).eval(), tokenizer
 
 
-__all__ = ["EMBEDDED", "EMBEDDED_DIR", "FETCHABLE", "cache_dir", "load_model", "resolve_model_path"]
+def _stored_dtype(path: str, model) -> str:
+    """The dtype the checkpoint is stored in (its ``config.json``), which exports keep by default:
+    the model is loaded in float32 for CPU maths, but an fp16 source should not become an fp32 export."""
+    import json
+
+    config = os.path.join(path, "config.json")
+    if os.path.isfile(config):
+        try:
+            with open(config, encoding="utf-8") as f:
+                data = json.load(f)
+            stored = data.get("dtype") or data.get("torch_dtype")
+            if isinstance(stored, str) and stored in ("float32", "float16", "bfloat16"):
+                return stored
+        except (OSError, ValueError):
+            pass
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def stored_dtype(model) -> str:
+    """The dtype ``model``'s checkpoint was stored in when :func:`load_model` loaded it, else the
+    dtype of its parameters (a model built in memory)."""
+    return getattr(model, "amoeba_stored_dtype", None) or str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def source_facts(model) -> dict:
+    """What is known of ``model``'s origin for a model card: ``hub_id`` and ``license`` (or {})."""
+    name = getattr(model, "amoeba_source_name", None)
+    return dict(KNOWN_SOURCES.get(name, {}))
+
+
+__all__ = ["EMBEDDED", "EMBEDDED_DIR", "FETCHABLE", "KNOWN_SOURCES", "cache_dir", "load_model", "resolve_model_path",
+           "source_facts", "stored_dtype"]

@@ -17,7 +17,9 @@ _OLD_NAMES = {"evaluation": ("--source", "--eval-source"), "evaluation_windows":
 @click.command(name="eval")
 @click.argument("model")
 @click.option("--plan", "plan_path", type=click.Path(), default=None,
-              help="Also evaluate MODEL with this plan applied (softly, by masks).")
+              help="Also evaluate MODEL with this plan applied (softly, by masks), with the patch beside it.")
+@click.option("--ignore-patch", is_flag=True,
+              help="Apply --plan to the unchanged weights even though its method changed some.")
 @evaluation_options(toggle=False, aliases=_OLD_NAMES)
 @click.option("--tasks", "-t", default=None, metavar="T1,T2",
               help="Run these lm-eval tasks instead of the perplexity protocol (see `amoeba tasks`; needs lm-eval).")
@@ -28,8 +30,8 @@ _OLD_NAMES = {"evaluation": ("--source", "--eval-source"), "evaluation_windows":
 @click.option("--include-path", "include_path", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="lm-eval: another folder of task YAMLs (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="lm-eval: print the results as JSON.")
-def eval_(model, plan_path, evaluation, evaluation_windows, evaluation_seq_len, allow_calibration_overlap, tasks,
-          limit, num_fewshot, batch_size, seed, include_path, as_json):
+def eval_(model, plan_path, ignore_patch, evaluation, evaluation_windows, evaluation_seq_len,
+          allow_calibration_overlap, tasks, limit, num_fewshot, batch_size, seed, include_path, as_json):
     """Perplexity of MODEL (and of MODEL with --plan applied), or lm-eval --tasks.
 
     Without --tasks: the papers' perplexity protocol on --evaluation. With --tasks: lm-evaluation-harness
@@ -37,17 +39,18 @@ def eval_(model, plan_path, evaluation, evaluation_windows, evaluation_seq_len, 
     amoeba_sotu_ppl,amoeba_sotu_cloze --limit 20`.
     """
     if tasks is not None:
-        return _eval_tasks(model, plan_path, tasks, limit, num_fewshot, batch_size, seed, include_path, as_json)
+        return _eval_tasks(model, plan_path, ignore_patch, tasks, limit, num_fewshot, batch_size, seed, include_path,
+                           as_json)
     from ..data import check_unseen, resolve_source
     from ..pipeline import recorded_texts
 
     source = evaluation
     resolve_source(source)
-    plan = None
+    plan = patch = None
     if plan_path:
-        from ..plan import Plan
+        from ..export.patch import load_plan
 
-        plan = Plan.load(plan_path)
+        plan, patch = load_plan(plan_path, ignore_patch)
     # the text the model (an export) or the plan calibrated or trained on is refused
     check_unseen(recorded_texts(plan=plan, export=model), source, allow_calibration_overlap)
     loaded, tokenizer = load(model)
@@ -64,7 +67,7 @@ def eval_(model, plan_path, evaluation, evaluation_windows, evaluation_seq_len, 
     if plan is not None:
         from ..surgery import apply_soft
 
-        with apply_soft(loaded, anatomy, plan):
+        with apply_soft(loaded, anatomy, plan, patch):
             after = perplexity(loaded, tokenizer, source=source, seq_len=evaluation_seq_len,
                                max_windows=evaluation_windows)
         click.echo(f"with plan:   {after:.3f}")
@@ -72,7 +75,7 @@ def eval_(model, plan_path, evaluation, evaluation_windows, evaluation_seq_len, 
             click.echo(line)
 
 
-def _eval_tasks(model, plan_path, tasks, limit, num_fewshot, batch_size, seed, include_path, as_json):
+def _eval_tasks(model, plan_path, ignore_patch, tasks, limit, num_fewshot, batch_size, seed, include_path, as_json):
     """``amoeba eval --tasks``: the ``lm-eval`` evaluator in process."""
     from ..eval.lm_eval import format_rows, parse_tasks, task_manager
     from ..plugins import get
@@ -88,11 +91,11 @@ def _eval_tasks(model, plan_path, tasks, limit, num_fewshot, batch_size, seed, i
     evaluator = get("evaluators", "lm-eval")
     with status("indexing lm-eval tasks"):
         task_manager(names, list(include_path))  # unknown names fail here, before the model loads
-    plan = None
+    plan = patch = None
     if plan_path:
-        from ..plan import Plan
+        from ..export.patch import load_plan
 
-        plan = Plan.load(plan_path)
+        plan, patch = load_plan(plan_path, ignore_patch)
     loaded, tokenizer = load(model)
     if tokenizer is None:
         raise AmoebaError(f"{model} has no tokenizer", "save a tokenizer next to the model")
@@ -107,7 +110,7 @@ def _eval_tasks(model, plan_path, tasks, limit, num_fewshot, batch_size, seed, i
 
         anatomy = anatomy_of(loaded)
         plan.validate(anatomy)
-        with apply_soft(loaded, anatomy, plan), status(f"lm-eval {', '.join(names)} with the plan"):
+        with apply_soft(loaded, anatomy, plan, patch), status(f"lm-eval {', '.join(names)} with the plan"):
             after = evaluator.evaluate(loaded, tokenizer, **options)
     if as_json:
         keep = ("results", "groups", "stderr", "tasks", "config", "n_samples", "versions")

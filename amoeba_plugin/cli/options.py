@@ -313,6 +313,9 @@ def export_options(*, required: bool = False, exporter: bool = True, help: str |
         found.append(flag("--exporter", "exporter", default=pruning_defaults()["exporter"], show_default=True,
                           help="How to write the result: auto, hf (stock shapes only), amoeba, ... "
                                "(see `amoeba plugins`)."))
+        found.append(flag("--dtype", "export_dtype", default=None,
+                          type=click.Choice(["float32", "float16", "bfloat16"]),
+                          help="dtype of the exported weights [default: the source model's]."))
     found.append(flag("--overwrite", "overwrite", is_flag=True, help="Replace a non-empty output directory."))
     return _stack(found)
 

@@ -73,15 +73,18 @@ def prune(model, options, config_path, output, overwrite, evaluate, **settings):
 
 @click.command()
 @click.argument("model")
-@click.option("--plan", "plan_path", required=True, type=click.Path(), help="plan.json (or an export directory).")
+@click.option("--plan", "plan_path", required=True, type=click.Path(),
+              help="An export directory (plan.json and amoeba_patch/) or a plan.json.")
+@click.option("--ignore-patch", is_flag=True,
+              help="Apply the plan to the unchanged weights even though its method changed some.")
 @export_options(required=True)
-def export(model, plan_path, output, exporter, overwrite):
+def export(model, plan_path, ignore_patch, output, exporter, export_dtype, overwrite):
     """Apply a plan to MODEL and export the result."""
     from ..export import check_destination
-    from ..plan import Plan
+    from ..export.patch import load_plan
     from ..plugins import get
 
-    plan = Plan.load(plan_path)
+    plan, patch = load_plan(plan_path, ignore_patch)
     get("exporters", exporter)
     check_destination(output, overwrite)
     loaded, tokenizer = load(model)
@@ -91,8 +94,8 @@ def export(model, plan_path, output, exporter, overwrite):
 
     anatomy = anatomy_of(loaded)
     plan.validate(anatomy)
-    request = ExportRequest(model=loaded, anatomy=anatomy, plan=plan, tokenizer=tokenizer,
-                            info={"source_model": model, "plan": str(plan_path), **plan.provenance})
+    request = ExportRequest(model=loaded, anatomy=anatomy, plan=plan, tokenizer=tokenizer, patch=patch,
+                            dtype=export_dtype, info={"source_model": model, "plan": str(plan_path), **plan.provenance})
     with status(f"exporting with '{exporter}'"):
         path = run_export(exporter, request, output, overwrite)
     for line in parameter_lines(anatomy, plan):

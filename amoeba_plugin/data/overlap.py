@@ -98,6 +98,11 @@ def seen_texts(record: dict | None) -> list[dict]:
     calibration = data.get("calibration")
     if isinstance(calibration, dict) and isinstance(calibration.get("source"), str):
         found.append({"source": calibration["source"], "role": "calibration"})
+    runs = data.get("recovery")  # amoeba_plugin.recovery records its training text there
+    for run in runs if isinstance(runs, list) else [runs] if isinstance(runs, dict) else []:
+        for source in run.get("sources") or [] if isinstance(run, dict) else []:
+            if isinstance(source, str) and not any(f["source"] == source for f in found):
+                found.append({"source": source, "role": "training", "by": "recovery"})
     for entry in data.get("seen") or []:
         if isinstance(entry, dict) and isinstance(entry.get("source"), str):
             if not any(f["source"] == entry["source"] and f["role"] == entry.get("role") for f in found):

@@ -38,6 +38,8 @@ class ExportRequest:
     info: dict = field(default_factory=dict)
     #: an already sliced model, when the caller has one (saves slicing twice)
     sliced: Any = None
+    #: the dtype weights are written in ("float32", "float16", "bfloat16"); None: the source's stored dtype
+    dtype: str | None = None
 
 
 class Exporter:

@@ -78,6 +78,22 @@ def _metric_rows(info: dict) -> list[tuple[str, Any, Any, str | None]]:
     return rows
 
 
+def _model_index(name: str, info: dict) -> list[str]:
+    """``model-index`` YAML lines (the Hub's evaluation results) for the metrics measured after pruning."""
+    results = [(metric, after, where) for metric, _, after, where in _metric_rows(info)
+               if isinstance(after, (int, float)) and not isinstance(after, bool)]
+    if not results:
+        return []
+    lines = ["model-index:", f"- name: {_yaml_str(name.rsplit('/', 1)[-1] + '-pruned')}", "  results:"]
+    for metric, value, where in results:
+        lines += ["  - task:", "      type: text-generation",
+                  "    dataset:", f"      name: {_yaml_str(where or 'unspecified')}",
+                  f"      type: {_yaml_str(where or 'unspecified')}",
+                  "    metrics:", f"    - type: {_yaml_str(metric)}", f"      value: {float(value):.6g}",
+                  f"      name: {_yaml_str(f'{metric} after pruning')}"]
+    return lines
+
+
 def _is_metric_key(key: str, info: dict) -> bool:
     if key.endswith(("_before", "_after")):
         return True
@@ -95,8 +111,12 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
         from ..pipeline import recorded_calibration
 
         facts["calibration"] = recorded_calibration(facts)
+    from ..models import KNOWN_SOURCES, source_facts
+
     source = info.get("source_model") or plan.source.get("name")
-    base = hub_id(source)
+    known = source_facts(request.model) or KNOWN_SOURCES.get(source, {})
+    # a project name ("smollm2-135m") maps to its hub id; anything else that looks like one is one
+    base = known.get("hub_id") if known or source in KNOWN_SOURCES else hub_id(source)
     summary = plan.summary(anatomy)
     full = Plan.full(anatomy)
     before, before_ne = full.num_parameters(anatomy), full.num_parameters(anatomy, embeddings=False)
@@ -109,7 +129,13 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
     lines = ["---", "library_name: transformers"]
     if base:
         lines.append(f"base_model: {_yaml_str(base)}")
-    lines += ["tags:", *[f"- {t}" for t in TAGS], "pipeline_tag: text-generation", "---", ""]
+    if known.get("license"):
+        lines.append(f"license: {known['license']}")
+    method = facts.get("method")
+    tags = [*TAGS, *([str(method)] if isinstance(method, str) and method not in TAGS else [])]
+    lines += ["tags:", *[f"- {t}" for t in tags], "pipeline_tag: text-generation"]
+    lines += _model_index(str(base or source or "pruned-model"), info)
+    lines += ["---", ""]
 
     what = f"`{source}`" if source else f"a {anatomy.model_type} model"
     if base:
@@ -143,8 +169,8 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
         lines.append("- Output biases: every kept `o_proj` and `down_proj` carries a bias (bias compensation)")
     if request.patch:
         lines.append(f"- Compensation: {len(request.patch)} tensor(s) computed by the method "
-                     + ("were folded into the weights" if sliced_model is not None
-                        else "are NOT part of this plan-only export"))
+                     + ("were folded into the weights and are saved as `amoeba_patch/patch.safetensors`" if sliced_model is not None
+                        else "are saved as `amoeba_patch/patch.safetensors` beside the plan"))
     lines.append("")
 
     lines += ["## Result", "",
@@ -163,9 +189,12 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
     if sliced_model is not None:
         lines.append(f"- Architecture: `{arch}` (model_type `{model_type}`)"
                      + (", the amoeba-plugin per-layer architecture" if amoeba else ", the family's stock class"))
-        first = next(iter(sliced_model.parameters()), None)
-        if first is not None:
-            lines.append(f"- Weights: {str(first.dtype).removeprefix('torch.')} (the source model's dtype)")
+        from ..models import stored_dtype
+        from .writers import export_dtype
+
+        written, source_dtype = str(export_dtype(request)).removeprefix("torch."), stored_dtype(request.model)
+        lines.append(f"- Weights: {written} " + ("(the source model's dtype)" if written == source_dtype
+                                                 else f"(the source model is stored in {source_dtype})"))
     lines.append("")
 
     lines += ["## Per-layer shapes", "",
@@ -211,11 +240,16 @@ def model_card(request, exporter_name: str, sliced_model=None) -> str:
                   "amoeba-plugin:", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
                   "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/directory\")",
                   "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/directory\")", "```", ""]
-    lines += ["`plan.json` records exactly which units of the source model were kept; `amoeba export "
-              "SOURCE --plan plan.json` reproduces this export from the source model."
-              if sliced_model is not None else
-              "`plan.json` lists, by index into the source model, the kept layers, KV groups, query heads, "
-              "head channels and MLP channels.", ""]
+    if request.patch:
+        lines += [f"`plan.json` records which units of the source model were kept, and `amoeba_patch/patch.safetensors` the "
+                  f"{len(request.patch)} tensor(s) the method changed; together they reproduce this "
+                  "export from the source model: `amoeba export SOURCE --plan path/to/this/directory`.", ""]
+    else:
+        lines += ["`plan.json` records exactly which units of the source model were kept; the method changed no "
+                  "weight, so `amoeba export SOURCE --plan plan.json` reproduces this export from the source model."
+                  if sliced_model is not None else
+                  "`plan.json` lists, by index into the source model, the kept layers, KV groups, query heads, "
+                  "head channels and MLP channels.", ""]
     return "\n".join(lines)
 
 

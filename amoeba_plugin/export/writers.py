@@ -9,7 +9,8 @@
 Model exports hold ``model.safetensors`` + ``config.json`` (+ ``generation_config.json``), the
 tokenizer when one was given, ``plan.json``, a model card ``README.md`` and ``amoeba_export.json``
 (exporter, amoeba-plugin version, summary). Weights keep the source dtype; a patch (compensation
-biases, reformed weights) is folded in by slicing.
+biases, reformed weights) is folded in by slicing and also saved as ``amoeba_patch/patch.safetensors`` beside
+``plan.json``, so the plan reproduces the export.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from ..surgery.physical import (
 )
 from . import Exporter, ExportRequest
 from .card import model_card
+from .patch import save_patch
 
 EXPORT_INFO = "amoeba_export.json"
 _BIAS_MODULES = {"q": _ATTN["q"], "k": _ATTN["k"], "v": _ATTN["v"], "o": _ATTN["o"],
@@ -168,7 +170,7 @@ def export_info(request: ExportRequest, exporter_name: str, model=None) -> dict:
     if model is not None:
         out.update(architecture="amoeba" if model.config.model_type == "amoeba" else "stock",
                    model_type=model.config.model_type, model_class=type(model).__name__,
-                   dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                   dtype=str(export_dtype(request)).removeprefix("torch."),
                    patched_tensors=sorted(request.patch or {}))
     info = {k: v for k, v in (request.info or {}).items() if k != "summary"}
     if info:
@@ -176,13 +178,43 @@ def export_info(request: ExportRequest, exporter_name: str, model=None) -> dict:
     return _jsonable(out)
 
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def export_dtype(request: ExportRequest) -> torch.dtype:
+    """The dtype an export is written in: ``request.dtype``, else the source checkpoint's stored dtype
+    (a float16 source gives a float16 export although it was pruned in float32)."""
+    from ..models import stored_dtype
+
+    name = request.dtype or stored_dtype(request.model)
+    if name not in DTYPES:
+        raise PlanError(f"unknown export dtype '{name}'", f"use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating tensors of ``state`` in ``dtype``; tensors that share storage (tied weights) stay shared."""
+    cast: dict[int, torch.Tensor] = {}
+    return {k: cast.setdefault(v.data_ptr(), v.to(dtype)) if v.is_floating_point() else v for k, v in state.items()}
+
+
 def write_model(request: ExportRequest, model, directory: Path, exporter_name: str) -> None:
-    """Write ``model`` and its companions into ``directory`` (which the atomic writer owns)."""
+    """Write ``model`` (in :func:`export_dtype`) and its companions into ``directory`` (which the atomic
+    writer owns). The caller's model is not cast: a cast copy of its state is written."""
     directory = Path(directory)
-    model.save_pretrained(directory)
+    dtype = export_dtype(request)
+    current = next(model.parameters()).dtype
+    if current == dtype:
+        model.save_pretrained(directory)
+    else:  # save_pretrained records the parameters' dtype in config.json: state the written one instead
+        model.save_pretrained(directory, state_dict=cast_state(model.state_dict(), dtype))
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if request.tokenizer is not None:
         request.tokenizer.save_pretrained(directory)
     request.plan.save(directory / "plan.json")
+    save_patch(request.patch, directory)
     (directory / "README.md").write_text(model_card(request, exporter_name, model), encoding="utf-8")
     (directory / EXPORT_INFO).write_text(json.dumps(export_info(request, exporter_name, model), indent=1) + "\n",
                                          encoding="utf-8")
@@ -225,18 +257,22 @@ class PlanExporter(Exporter):
     def write(self, request: ExportRequest, directory: Path) -> None:
         directory = Path(directory)
         request.plan.save(directory / "plan.json")
+        save_patch(request.patch, directory)
         (directory / "README.md").write_text(model_card(request, self.name, None), encoding="utf-8")
 
 
 EXPORTERS = (HuggingFaceExporter, AmoebaExporter, AutoExporter, PlanExporter)
 
 __all__ = [
+    "DTYPES",
     "EXPORTERS",
     "EXPORT_INFO",
     "AmoebaExporter",
     "AutoExporter",
     "HuggingFaceExporter",
     "PlanExporter",
+    "cast_state",
+    "export_dtype",
     "export_info",
     "sliced_for",
     "sliced_shapes",

@@ -34,9 +34,9 @@ def slice_state_dict(model, anatomy: Anatomy, plan: Plan, patch: dict | None = N
     def take(name, rows=None, cols=None):
         t = src[name]
         if rows is not None:
-            t = t.index_select(0, torch.as_tensor(rows, dtype=torch.long))
+            t = t.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=t.device))
         if cols is not None:
-            t = t.index_select(1, torch.as_tensor(cols, dtype=torch.long))
+            t = t.index_select(1, torch.as_tensor(cols, dtype=torch.long, device=t.device))
         return t.detach().clone().contiguous()
 
     def zeros(module, size):

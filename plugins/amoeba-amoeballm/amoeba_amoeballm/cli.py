@@ -142,7 +142,7 @@ def _extract_command():
                   help="params (0.5), nonembed=0.6, count=3e6, macs=0.5, latency=0.6 or latency=8ms.")
     @click.option("--shape", default=None, help="An explicit DEPTHxWIDTH instead of a budget, e.g. 6x0.75.")
     @export_options(required=True)
-    def extract(bundle, budget, shape, output, exporter, overwrite):
+    def extract(bundle, budget, shape, output, exporter, export_dtype, overwrite):
         """Extract a standalone model of the best shape for a budget from an AmoebaLLM bundle."""
         from amoeba_plugin.export import check_destination
 
@@ -151,7 +151,7 @@ def _extract_command():
 
         check_destination(output, overwrite)
         result = run(bundle, budget=budget, shape=shape)
-        path = export_extraction(result, output, exporter, overwrite)
+        path = export_extraction(result, output, exporter, overwrite, dtype=export_dtype)
         s = result.info["summary"]
         click.echo(f"shape {result.shape} ({result.info['reason']}): {s['layers']} layers, "
                    f"{s['parameters_ratio']:.1%} of parameters, {s['non_embedding_ratio']:.1%} non-embedding; "

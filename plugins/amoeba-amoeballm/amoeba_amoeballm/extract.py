@@ -319,12 +319,13 @@ def extract(bundle_path, budget: str | Budget | None = None, shape: str | Shape 
     return Extraction(sliced, tokenizer, base, anatomy, plan, patch, choice.shape, info)
 
 
-def export_extraction(result: Extraction, destination, exporter: str = "auto", overwrite: bool = False) -> Path:
+def export_extraction(result: Extraction, destination, exporter: str = "auto", overwrite: bool = False,
+                      dtype: str | None = None) -> Path:
     """Write the extracted model with a host exporter (atomic; stock HF when the shape allows)."""
     from amoeba_plugin.export import ExportRequest, export
 
     request = ExportRequest(model=result.base, anatomy=result.anatomy, plan=result.plan, tokenizer=result.tokenizer,
-                            patch=result.patch, info=result.info, sliced=result.model)
+                            patch=result.patch, info=result.info, sliced=result.model, dtype=dtype)
     return export(exporter, request, destination, overwrite)
 
 

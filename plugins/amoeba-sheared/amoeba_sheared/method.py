@@ -83,7 +83,9 @@ class ShearedMethod(Method):
                                       "log_every": max(1, options.steps // 10), "seed": context.seed})
         model = copy.deepcopy(context.model)  # the shared model stays as it was
         anatomy = anatomy_of(model)
-        accelerator = Accelerator()
+        # train where the model is: a bare Accelerator() would move to CUDA on a GPU machine while the
+        # masks and windows stay with the CPU model (seen on an H200: "found at least two devices")
+        accelerator = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
         reference = [0.0] * len(domains)
         if len(domains) > 1:
             reference = reference_losses(data, domains, accelerator, source=model,
