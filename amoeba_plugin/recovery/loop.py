@@ -260,6 +260,9 @@ def recover(student, teacher, tokenizer, config: RecoveryConfig | dict | str, ru
 
     if device.type == "cpu" and next(student.parameters()).dtype in (torch.float16, torch.bfloat16):
         student.float()  # CPU training in half precision loses the small updates: float32 on CPU
+    # train where accelerate puts the work (a GPU when there is one), then give both models back where
+    # they were: the teacher is usually the caller's shared source model
+    homes = (next(student.parameters()).device, next(teacher.parameters()).device if teacher is not None else None)
     student.to(device)
     if teacher is not None and config.needs_teacher:
         teacher.to(device).eval()
@@ -375,6 +378,9 @@ def recover(student, teacher, tokenizer, config: RecoveryConfig | dict | str, ru
     for p in model.parameters():  # the student's own requires_grad flags, as they were
         p.requires_grad_(flags.get(id(p), True))
     model.eval()
+    model.to(homes[0])
+    if teacher is not None:
+        teacher.to(homes[1])
     return RecoveryResult(model=model, log=log, tokens=steps * config.tokens_per_step, wall_s=wall, config=config,
                           steps=steps, resumed_from=start, sources=[str(s) for s in training])
 
