@@ -164,15 +164,25 @@ def standardized_unit_scores(anatomy: Anatomy, role_scores: Sequence[dict]) -> t
 
 def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.Tensor],
                  channel_scores: Sequence[torch.Tensor], method: str = "global width",
-                 output_bias: bool = False) -> Plan:
+                 output_bias: bool = False, *, layers: Sequence[int] | None = None,
+                 top_up: bool = False) -> Plan:
     """Remove the lowest-scored KV groups and MLP channels of all layers, in one ranking, until
     ``budget`` fits. Scores must be comparable across layers and module types (standardise them
     first, as FLAP does). Each unit is weighted by its cost in the budget's unit (the bound budget's
     unit costs); a layer's only KV group (only MLP channel) also carries its attention's (MLP's) fixed
     cost, which goes with it. A layer may lose its whole attention or MLP. ``output_bias`` is set on
-    the plan when the method compensates removed channels with an output bias (it changes the count)."""
+    the plan when the method compensates removed channels with an output bias (it changes the count).
+
+    ``layers`` (indices) keeps only those decoder layers and prunes width inside them: a depth plan
+    topped up with width (ShortGPT and AmoebaLLM fill their budget this way). ``top_up`` then puts
+    back the best-scored removed units that still fit, so the plan lands within one unit (usually
+    one MLP channel) of the target instead of up to one KV group below it; without it the removed
+    units are a prefix of one ranking, so plans for smaller budgets are nested in larger ones."""
     bound = budget.bind(anatomy)
+    kept = None if layers is None else set(layers)
     full = Plan.full(anatomy)
+    if kept is not None:
+        full.layers = [lp for lp in full.layers if lp.index in kept]
     full.output_bias = output_bias
     need = bound.measure(full) - bound.target
     if need <= 0:
@@ -180,6 +190,8 @@ def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.
     bias = bound.costs.output_bias if output_bias else (0, 0)
     units = []  # (score, cost, layer, kind, index)
     for l, costs in zip(anatomy.layers, bound.costs.layers):
+        if kept is not None and l.index not in kept:
+            continue
         if l.has_attention:
             fixed = costs.attention + bias[0] if l.num_kv_groups == 1 else 0
             units += [(float(s), costs.kv_group[g] + fixed, l.index, "group", g)
@@ -194,11 +206,13 @@ def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.
         removed += units[count][1]
         count += 1
 
-    def build(n: int) -> Plan:
+    def build(chosen) -> Plan:
         gone: dict[tuple[int, str], set[int]] = {}
-        for _, _, layer, kind, index in units[:n]:
+        for i in chosen:
+            _, _, layer, kind, index = units[i]
             gone.setdefault((layer, kind), set()).add(index)
-        plan = Plan.full(anatomy)
+        plan = Plan([lp for lp in Plan.full(anatomy).layers if kept is None or lp.index in kept],
+                    source_info(anatomy))
         plan.output_bias = output_bias
         for lp in plan.layers:
             la = anatomy.layer(lp.index)
@@ -209,14 +223,72 @@ def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.
                 lp.mlp_channels = [c for c in range(la.intermediate_size) if c not in gone[(lp.index, "channel")]]
         return plan
 
-    plan = build(count)
+    plan = build(range(count))
     while not bound.fits(plan) and count < len(units):  # rounding at emptied layers
         count += 1
-        plan = build(count)
+        plan = build(range(count))
     if not bound.fits(plan):
         raise unreachable(budget, anatomy, plan, method, "removing every attention head and MLP channel")
+    if top_up:
+        plan = _top_up(bound, plan, units, build, need)
     return plan
 
 
-__all__ = ["global_width", "protected_layers", "standardize", "standardized_unit_scores", "suggest_budget", "top_indices", "uniform_plan", "uniform_width",
+def _top_up(bound, plan: Plan, units: list, build, need: float) -> Plan:
+    """A plan closer to the target than ``plan`` (the ranking's prefix), or ``plan``: remove units in
+    ranking order but pass over one that would overshoot the need by more than half the fill
+    tolerance (a KV group where MLP channels suffice), then put back removed units, the best-scored
+    first, while the plan still fits. A unit whose layer lost that whole module stays out, as the
+    module's fixed cost would come back with it."""
+    limit = need + FILL_TOLERANCE * bound.target / 2
+    chosen, removed = [], 0.0
+    for i, unit in enumerate(units):
+        if removed >= need:
+            break
+        if removed + unit[1] <= limit:
+            chosen.append(i)
+            removed += unit[1]
+    best = plan
+    candidate = build(chosen)
+    if bound.fits(candidate) and bound.measure(candidate) > bound.measure(best):
+        best, chosen = candidate, chosen
+    else:
+        chosen = [i for i in range(len(units)) if _removed(plan, units[i])]
+    slack = bound.target - bound.measure(best)
+    emptied = {(lp.index, "group") for lp in best.layers if lp.kv_groups == []}
+    emptied |= {(lp.index, "channel") for lp in best.layers if lp.mlp_channels == []}
+    restored = set()
+    for i in reversed(chosen):
+        _, cost, layer, kind, _ = units[i]
+        if cost <= slack and (layer, kind) not in emptied:
+            restored.add(i)
+            slack -= cost
+    if restored:
+        topped = build([i for i in chosen if i not in restored])
+        if bound.fits(topped) and bound.measure(topped) > bound.measure(best):
+            best = topped
+    return best
+
+
+def _removed(plan: Plan, unit) -> bool:
+    """Whether ``plan`` (built by :func:`global_width`) removed ``unit``."""
+    _, _, layer, kind, index = unit
+    lp = next(lp for lp in plan.layers if lp.index == layer)
+    kept = lp.kv_groups if kind == "group" else lp.mlp_channels
+    return kept is not None and index not in kept
+
+
+def fill_ratio(budget: Budget, anatomy: Anatomy, plan: Plan) -> float:
+    """``plan``'s cost over ``budget``'s target (1.0: exactly at the budget; a plan is on budget in
+    ``[1 - FILL_TOLERANCE, 1]``)."""
+    bound = budget.bind(anatomy)
+    return bound.measure(plan) / bound.target
+
+
+#: how far below its budget a plan may land and still count as on budget (fraction of the target);
+#: the same value as ``amoeba_plugin.budget.FILL_TOLERANCE`` where that exists
+FILL_TOLERANCE = 0.02
+
+
+__all__ = ["FILL_TOLERANCE", "fill_ratio", "global_width", "protected_layers", "standardize", "standardized_unit_scores", "suggest_budget", "top_indices", "uniform_plan", "uniform_width",
            "unreachable"]
