@@ -61,13 +61,18 @@ def protected_layers(anatomy: Anatomy, keep_layers: Sequence[int]) -> frozenset[
 
 def uniform_plan(anatomy: Anatomy, heads_per_group: int, width: int,
                  head_scores: Sequence[torch.Tensor] | None = None,
-                 channel_scores: Sequence[torch.Tensor] | None = None, keep_layers: Sequence[int] = ()) -> Plan:
+                 channel_scores: Sequence[torch.Tensor] | None = None, keep_layers: Sequence[int] = (),
+                 depth: Sequence[int] | None = None) -> Plan:
     """Every layer keeps ``heads_per_group`` query heads per KV group and ``width`` MLP channels,
     the best-scored ones (per group, per layer); without scores, the first ones (for counting).
-    Layers in ``keep_layers`` stay whole (LLM-Pruner leaves the first and last layers alone)."""
+    Layers in ``keep_layers`` stay whole (LLM-Pruner leaves the first and last layers alone);
+    ``depth`` (layer indices), when given, keeps only those layers."""
     protected = protected_layers(anatomy, keep_layers)
+    kept = None if depth is None else set(depth)
     layers = []
     for l in anatomy.layers:
+        if kept is not None and l.index not in kept:
+            continue
         lp = LayerPlan(l.index)
         if l.index in protected:
             layers.append(lp)
@@ -86,7 +91,7 @@ def uniform_plan(anatomy: Anatomy, heads_per_group: int, width: int,
 
 
 def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width",
-                  keep_layers: Sequence[int] = ()) -> tuple[int, int]:
+                  keep_layers: Sequence[int] = (), depth: Sequence[int] | None = None) -> tuple[int, int]:
     """``(heads_per_group, mlp_width)`` of the uniform plan that fits ``budget`` and prunes
     attention and MLP at the most similar ratio (as LLM-Pruner and Wanda-sp prune both at one ratio).
 
@@ -96,7 +101,7 @@ def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width
     fraction of heads is closest to its kept fraction of MLP channels (ties: more parameters, then
     more heads). Keeping the most
     parameters instead would halve the heads to keep a wide MLP, and heads are where a small model
-    is most sensitive (see docs/baselines.md).
+    is most sensitive (see docs/baselines.md). ``depth`` (layer indices) keeps only those layers.
     """
     attn = [l for l in anatomy.layers if l.has_attention]
     mlps = [l for l in anatomy.layers if l.has_mlp]
@@ -106,7 +111,7 @@ def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width
     bound = budget.bind(anatomy)
 
     def fits(h: int, m: int) -> bool:
-        return bound.fits(uniform_plan(anatomy, h, m, keep_layers=keep_layers))
+        return bound.fits(uniform_plan(anatomy, h, m, keep_layers=keep_layers, depth=depth))
 
     best = None  # (ranking key, heads, width)
     for h in (range(max_heads, 0, -1) if max_heads else [0]):
@@ -125,14 +130,14 @@ def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width
             m = lo
         if m is None:
             continue
-        params = uniform_plan(anatomy, h, m, keep_layers=keep_layers).num_parameters(anatomy)
+        params = uniform_plan(anatomy, h, m, keep_layers=keep_layers, depth=depth).num_parameters(anatomy)
         gap = abs(h / max_heads - m / max_width) if max_heads and max_width else 0.0
         stock = all(anatomy.hidden_size % (h * l.num_kv_groups) == 0 for l in attn) if h else True
         key = (stock, -round(gap, 9), params, h)
         if best is None or key > best[0]:
             best = (key, h, m)
     if best is None:
-        smallest = uniform_plan(anatomy, min(max_heads, 1), min(max_width, 1), keep_layers=keep_layers)
+        smallest = uniform_plan(anatomy, min(max_heads, 1), min(max_width, 1), keep_layers=keep_layers, depth=depth)
         raise unreachable(budget, anatomy, smallest, method,
                           "keeping 1 query head per KV group and 1 MLP channel per layer")
     return best[1], best[2]
@@ -164,7 +169,7 @@ def standardized_unit_scores(anatomy: Anatomy, role_scores: Sequence[dict]) -> t
 
 def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.Tensor],
                  channel_scores: Sequence[torch.Tensor], method: str = "global width",
-                 output_bias: bool = False, *, layers: Sequence[int] | None = None,
+                 output_bias: bool = False, *, depth: Sequence[int] | None = None,
                  top_up: bool = False) -> Plan:
     """Remove the lowest-scored KV groups and MLP channels of all layers, in one ranking, until
     ``budget`` fits. Scores must be comparable across layers and module types (standardise them
@@ -173,13 +178,13 @@ def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.
     cost, which goes with it. A layer may lose its whole attention or MLP. ``output_bias`` is set on
     the plan when the method compensates removed channels with an output bias (it changes the count).
 
-    ``layers`` (indices) keeps only those decoder layers and prunes width inside them: a depth plan
+    ``depth`` (layer indices) keeps only those decoder layers and prunes width inside them: a depth plan
     topped up with width (ShortGPT and AmoebaLLM fill their budget this way). ``top_up`` then puts
     back the best-scored removed units that still fit, so the plan lands within one unit (usually
     one MLP channel) of the target instead of up to one KV group below it; without it the removed
     units are a prefix of one ranking, so plans for smaller budgets are nested in larger ones."""
     bound = budget.bind(anatomy)
-    kept = None if layers is None else set(layers)
+    kept = None if depth is None else set(depth)
     full = Plan.full(anatomy)
     if kept is not None:
         full.layers = [lp for lp in full.layers if lp.index in kept]
@@ -251,7 +256,7 @@ def _top_up(bound, plan: Plan, units: list, build, need: float) -> Plan:
     best = plan
     candidate = build(chosen)
     if bound.fits(candidate) and bound.measure(candidate) > bound.measure(best):
-        best, chosen = candidate, chosen
+        best = candidate
     else:
         chosen = [i for i in range(len(units)) if _removed(plan, units[i])]
     slack = bound.target - bound.measure(best)

@@ -97,4 +97,4 @@ class ShortGPTMethod(Method):
         groups, channels = standardized_unit_scores(anatomy, scorer.role_scores(model, anatomy, calibration,
                                                                                 seed=context.seed))
         kept = [i for i in range(anatomy.num_layers) if i not in set(dropped)]
-        return global_width(anatomy, context.budget, groups, channels, self.name, layers=kept, top_up=True)
+        return global_width(anatomy, context.budget, groups, channels, self.name, depth=kept, top_up=True)
