@@ -12,7 +12,6 @@ from amoeba_plugin.models import load_model
 from amoeba_plugin.plan import Plan
 from amoeba_plugin.plugins import get
 from amoeba_plugin.pruning.allocation import FILL_TOLERANCE, fill_ratio
-from amoeba_plugin.surgery import apply_soft
 from amoeba_plugin.testing import FAMILIES, assert_soft_equals_sliced, make_tiny, token_ids
 
 BUDGETS = ["0.8", "0.7", "0.5", "nonembed=0.8", "nonembed=0.7", "nonembed=0.5"]
@@ -71,8 +70,7 @@ def test_fill_none_picks_a_grid_shape_as_before(embedded):
     shape = Shape.parse(out.info["shape"])
     assert shape.width in widths and 6 <= shape.depth <= 8 and len(out.plan.layers) == shape.depth
     assert _ratio("nonembed=0.7", anatomy, out.plan) <= 1.0
-    with apply_soft(model, anatomy, out.plan, out.patch):
-        pass  # the grid plan and its biases apply
+    assert_soft_equals_sliced(model, anatomy, out.plan, token_ids(2, 12, vocab_size=8192), patch=out.patch)
 
 
 def test_the_dp_stops_at_the_shallowest_depth_that_can_fill(embedded):
