@@ -258,7 +258,8 @@ def _top_up(bound, plan: Plan, units: list, build, need: float) -> Plan:
     if bound.fits(candidate) and bound.measure(candidate) > bound.measure(best):
         best = candidate
     else:
-        chosen = [i for i in range(len(units)) if _removed(plan, units[i])]
+        gone = _removed_units(plan, bound.anatomy)
+        chosen = [i for i, unit in enumerate(units) if unit[2:] in gone]
     slack = bound.target - bound.measure(best)
     emptied = {(lp.index, "group") for lp in best.layers if lp.kv_groups == []}
     emptied |= {(lp.index, "channel") for lp in best.layers if lp.mlp_channels == []}
@@ -275,12 +276,17 @@ def _top_up(bound, plan: Plan, units: list, build, need: float) -> Plan:
     return best
 
 
-def _removed(plan: Plan, unit) -> bool:
-    """Whether ``plan`` (built by :func:`global_width`) removed ``unit``."""
-    _, _, layer, kind, index = unit
-    lp = next(lp for lp in plan.layers if lp.index == layer)
-    kept = lp.kv_groups if kind == "group" else lp.mlp_channels
-    return kept is not None and index not in kept
+def _removed_units(plan: Plan, anatomy: Anatomy) -> set[tuple[int, str, int]]:
+    """``(layer, "group" | "channel", index)`` of every unit ``plan`` (built by :func:`global_width`) removed."""
+    gone = set()
+    for lp in plan.layers:
+        la = anatomy.layer(lp.index)
+        for kind, kept, size in (("group", lp.kv_groups, la.num_kv_groups),
+                                 ("channel", lp.mlp_channels, la.intermediate_size)):
+            if kept is not None:
+                kept = set(kept)
+                gone |= {(lp.index, kind, i) for i in range(size) if i not in kept}
+    return gone
 
 
 def fill_ratio(budget: Budget, anatomy: Anatomy, plan: Plan) -> float:
