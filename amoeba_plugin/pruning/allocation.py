@@ -61,13 +61,18 @@ def protected_layers(anatomy: Anatomy, keep_layers: Sequence[int]) -> frozenset[
 
 def uniform_plan(anatomy: Anatomy, heads_per_group: int, width: int,
                  head_scores: Sequence[torch.Tensor] | None = None,
-                 channel_scores: Sequence[torch.Tensor] | None = None, keep_layers: Sequence[int] = ()) -> Plan:
+                 channel_scores: Sequence[torch.Tensor] | None = None, keep_layers: Sequence[int] = (),
+                 depth: Sequence[int] | None = None) -> Plan:
     """Every layer keeps ``heads_per_group`` query heads per KV group and ``width`` MLP channels,
     the best-scored ones (per group, per layer); without scores, the first ones (for counting).
-    Layers in ``keep_layers`` stay whole (LLM-Pruner leaves the first and last layers alone)."""
+    Layers in ``keep_layers`` stay whole (LLM-Pruner leaves the first and last layers alone);
+    ``depth`` (layer indices), when given, keeps only those layers."""
     protected = protected_layers(anatomy, keep_layers)
+    kept = None if depth is None else set(depth)
     layers = []
     for l in anatomy.layers:
+        if kept is not None and l.index not in kept:
+            continue
         lp = LayerPlan(l.index)
         if l.index in protected:
             layers.append(lp)
@@ -86,7 +91,7 @@ def uniform_plan(anatomy: Anatomy, heads_per_group: int, width: int,
 
 
 def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width",
-                  keep_layers: Sequence[int] = ()) -> tuple[int, int]:
+                  keep_layers: Sequence[int] = (), depth: Sequence[int] | None = None) -> tuple[int, int]:
     """``(heads_per_group, mlp_width)`` of the uniform plan that fits ``budget`` and prunes
     attention and MLP at the most similar ratio (as LLM-Pruner and Wanda-sp prune both at one ratio).
 
@@ -96,7 +101,7 @@ def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width
     fraction of heads is closest to its kept fraction of MLP channels (ties: more parameters, then
     more heads). Keeping the most
     parameters instead would halve the heads to keep a wide MLP, and heads are where a small model
-    is most sensitive (see docs/baselines.md).
+    is most sensitive (see docs/baselines.md). ``depth`` (layer indices) keeps only those layers.
     """
     attn = [l for l in anatomy.layers if l.has_attention]
     mlps = [l for l in anatomy.layers if l.has_mlp]
@@ -106,7 +111,7 @@ def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width
     bound = budget.bind(anatomy)
 
     def fits(h: int, m: int) -> bool:
-        return bound.fits(uniform_plan(anatomy, h, m, keep_layers=keep_layers))
+        return bound.fits(uniform_plan(anatomy, h, m, keep_layers=keep_layers, depth=depth))
 
     best = None  # (ranking key, heads, width)
     for h in (range(max_heads, 0, -1) if max_heads else [0]):
@@ -125,14 +130,14 @@ def uniform_width(anatomy: Anatomy, budget: Budget, method: str = "uniform width
             m = lo
         if m is None:
             continue
-        params = uniform_plan(anatomy, h, m, keep_layers=keep_layers).num_parameters(anatomy)
+        params = uniform_plan(anatomy, h, m, keep_layers=keep_layers, depth=depth).num_parameters(anatomy)
         gap = abs(h / max_heads - m / max_width) if max_heads and max_width else 0.0
         stock = all(anatomy.hidden_size % (h * l.num_kv_groups) == 0 for l in attn) if h else True
         key = (stock, -round(gap, 9), params, h)
         if best is None or key > best[0]:
             best = (key, h, m)
     if best is None:
-        smallest = uniform_plan(anatomy, min(max_heads, 1), min(max_width, 1), keep_layers=keep_layers)
+        smallest = uniform_plan(anatomy, min(max_heads, 1), min(max_width, 1), keep_layers=keep_layers, depth=depth)
         raise unreachable(budget, anatomy, smallest, method,
                           "keeping 1 query head per KV group and 1 MLP channel per layer")
     return best[1], best[2]
@@ -164,15 +169,25 @@ def standardized_unit_scores(anatomy: Anatomy, role_scores: Sequence[dict]) -> t
 
 def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.Tensor],
                  channel_scores: Sequence[torch.Tensor], method: str = "global width",
-                 output_bias: bool = False) -> Plan:
+                 output_bias: bool = False, *, depth: Sequence[int] | None = None,
+                 top_up: bool = False) -> Plan:
     """Remove the lowest-scored KV groups and MLP channels of all layers, in one ranking, until
     ``budget`` fits. Scores must be comparable across layers and module types (standardise them
     first, as FLAP does). Each unit is weighted by its cost in the budget's unit (the bound budget's
     unit costs); a layer's only KV group (only MLP channel) also carries its attention's (MLP's) fixed
     cost, which goes with it. A layer may lose its whole attention or MLP. ``output_bias`` is set on
-    the plan when the method compensates removed channels with an output bias (it changes the count)."""
+    the plan when the method compensates removed channels with an output bias (it changes the count).
+
+    ``depth`` (layer indices) keeps only those decoder layers and prunes width inside them: a depth plan
+    topped up with width (ShortGPT and AmoebaLLM fill their budget this way). ``top_up`` then puts
+    back the best-scored removed units that still fit, so the plan lands within one unit (usually
+    one MLP channel) of the target instead of up to one KV group below it; without it the removed
+    units are a prefix of one ranking, so plans for smaller budgets are nested in larger ones."""
     bound = budget.bind(anatomy)
+    kept = None if depth is None else set(depth)
     full = Plan.full(anatomy)
+    if kept is not None:
+        full.layers = [lp for lp in full.layers if lp.index in kept]
     full.output_bias = output_bias
     need = bound.measure(full) - bound.target
     if need <= 0:
@@ -180,6 +195,8 @@ def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.
     bias = bound.costs.output_bias if output_bias else (0, 0)
     units = []  # (score, cost, layer, kind, index)
     for l, costs in zip(anatomy.layers, bound.costs.layers):
+        if kept is not None and l.index not in kept:
+            continue
         if l.has_attention:
             fixed = costs.attention + bias[0] if l.num_kv_groups == 1 else 0
             units += [(float(s), costs.kv_group[g] + fixed, l.index, "group", g)
@@ -194,11 +211,13 @@ def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.
         removed += units[count][1]
         count += 1
 
-    def build(n: int) -> Plan:
+    def build(chosen) -> Plan:
         gone: dict[tuple[int, str], set[int]] = {}
-        for _, _, layer, kind, index in units[:n]:
+        for i in chosen:
+            _, _, layer, kind, index = units[i]
             gone.setdefault((layer, kind), set()).add(index)
-        plan = Plan.full(anatomy)
+        plan = Plan([lp for lp in Plan.full(anatomy).layers if kept is None or lp.index in kept],
+                    source_info(anatomy))
         plan.output_bias = output_bias
         for lp in plan.layers:
             la = anatomy.layer(lp.index)
@@ -209,14 +228,78 @@ def global_width(anatomy: Anatomy, budget: Budget, group_scores: Sequence[torch.
                 lp.mlp_channels = [c for c in range(la.intermediate_size) if c not in gone[(lp.index, "channel")]]
         return plan
 
-    plan = build(count)
+    plan = build(range(count))
     while not bound.fits(plan) and count < len(units):  # rounding at emptied layers
         count += 1
-        plan = build(count)
+        plan = build(range(count))
     if not bound.fits(plan):
         raise unreachable(budget, anatomy, plan, method, "removing every attention head and MLP channel")
+    if top_up:
+        plan = _top_up(bound, plan, units, build, need)
     return plan
 
 
-__all__ = ["global_width", "protected_layers", "standardize", "standardized_unit_scores", "suggest_budget", "top_indices", "uniform_plan", "uniform_width",
+def _top_up(bound, plan: Plan, units: list, build, need: float) -> Plan:
+    """A plan closer to the target than ``plan`` (the ranking's prefix), or ``plan``: remove units in
+    ranking order but pass over one that would overshoot the need by more than half the fill
+    tolerance (a KV group where MLP channels suffice), then put back removed units, the best-scored
+    first, while the plan still fits. A unit whose layer lost that whole module stays out, as the
+    module's fixed cost would come back with it."""
+    limit = need + FILL_TOLERANCE * bound.target / 2
+    chosen, removed = [], 0.0
+    for i, unit in enumerate(units):
+        if removed >= need:
+            break
+        if removed + unit[1] <= limit:
+            chosen.append(i)
+            removed += unit[1]
+    best = plan
+    candidate = build(chosen)
+    if bound.fits(candidate) and bound.measure(candidate) > bound.measure(best):
+        best = candidate
+    else:
+        gone = _removed_units(plan, bound.anatomy)
+        chosen = [i for i, unit in enumerate(units) if unit[2:] in gone]
+    slack = bound.target - bound.measure(best)
+    emptied = {(lp.index, "group") for lp in best.layers if lp.kv_groups == []}
+    emptied |= {(lp.index, "channel") for lp in best.layers if lp.mlp_channels == []}
+    restored = set()
+    for i in reversed(chosen):
+        _, cost, layer, kind, _ = units[i]
+        if cost <= slack and (layer, kind) not in emptied:
+            restored.add(i)
+            slack -= cost
+    if restored:
+        topped = build([i for i in chosen if i not in restored])
+        if bound.fits(topped) and bound.measure(topped) > bound.measure(best):
+            best = topped
+    return best
+
+
+def _removed_units(plan: Plan, anatomy: Anatomy) -> set[tuple[int, str, int]]:
+    """``(layer, "group" | "channel", index)`` of every unit ``plan`` (built by :func:`global_width`) removed."""
+    gone = set()
+    for lp in plan.layers:
+        la = anatomy.layer(lp.index)
+        for kind, kept, size in (("group", lp.kv_groups, la.num_kv_groups),
+                                 ("channel", lp.mlp_channels, la.intermediate_size)):
+            if kept is not None:
+                kept = set(kept)
+                gone |= {(lp.index, kind, i) for i in range(size) if i not in kept}
+    return gone
+
+
+def fill_ratio(budget: Budget, anatomy: Anatomy, plan: Plan) -> float:
+    """``plan``'s cost over ``budget``'s target (1.0: exactly at the budget; a plan is on budget in
+    ``[1 - FILL_TOLERANCE, 1]``)."""
+    bound = budget.bind(anatomy)
+    return bound.measure(plan) / bound.target
+
+
+#: how far below its budget a plan may land and still count as on budget (fraction of the target);
+#: the same value as ``amoeba_plugin.budget.FILL_TOLERANCE`` where that exists
+FILL_TOLERANCE = 0.02
+
+
+__all__ = ["FILL_TOLERANCE", "fill_ratio", "global_width", "protected_layers", "standardize", "standardized_unit_scores", "suggest_budget", "top_indices", "uniform_plan", "uniform_width",
            "unreachable"]

@@ -11,7 +11,7 @@ from amoeba_plugin.options import MethodOptions, option
 from .depth import dp_layer_selection
 from .scorers import build_scorer, check_spec
 from .shapes import SelectionTable
-from .width import ALLOCATIONS, check_widths, select_widths
+from .width import ALLOCATIONS, check_widths, select_widths, width_ranking
 
 #: the official width list with 1/2 added, so half-size subnets exist at every depth
 DEFAULT_WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5)
@@ -69,12 +69,14 @@ class SelectionConfig(MethodOptions):
 
 
 def run_selection(model, tokenizer, anatomy, windows, config: SelectionConfig, seed: int = 0,
-                  show_progress: bool = True) -> tuple[SelectionTable, dict]:
-    """Depth by the DP (scored by ``config.depth_scorer`` on ``windows`` or an lm-eval task), width
-    by fluctuation scores on the same windows. Returns the table and a report (evaluations, times)."""
+                  show_progress: bool = True, depth_windows=None) -> tuple[SelectionTable, dict]:
+    """Depth by the DP (scored by ``config.depth_scorer`` on ``depth_windows``, by default ``windows``,
+    or an lm-eval task), width by fluctuation scores on ``windows``. Returns the table (its
+    ``ranking`` kept in memory) and a report (evaluations, times)."""
     widths = list(config.widths)  # checked by SelectionConfig
     min_layers = config.resolved_min_layers(anatomy.num_layers)
-    scorer = build_scorer(config.depth_scorer, model, tokenizer, anatomy, windows, seed, **config.scorer_options)
+    scored = windows if depth_windows is None else depth_windows
+    scorer = build_scorer(config.depth_scorer, model, tokenizer, anatomy, scored, seed, **config.scorer_options)
     began = time.perf_counter()
     depth = dp_layer_selection(anatomy.num_layers, lambda kept: scorer(model, anatomy, kept), min_layers=min_layers,
                                keep_last=config.keep_last, higher_is_better=scorer.higher_is_better,
@@ -82,14 +84,18 @@ def run_selection(model, tokenizer, anatomy, windows, config: SelectionConfig, s
     depth.scorer = scorer.describe()
     depth_seconds = time.perf_counter() - began
     began = time.perf_counter()
+    ranking = width_ranking(model, anatomy, windows, allocation=config.allocation, metric=config.width_metric,
+                            bias_compensation=config.bias_compensation)
     plans, biases = select_widths(model, anatomy, windows, widths, allocation=config.allocation,
-                                  metric=config.width_metric, bias_compensation=config.bias_compensation)
-    table = SelectionTable(depth, widths, plans, biases, config.allocation)
+                                  metric=config.width_metric, bias_compensation=config.bias_compensation,
+                                  ranking=ranking)
+    table = SelectionTable(depth, widths, plans, biases, config.allocation, ranking=ranking)
     times = depth.eval_seconds
     report = {"config": config.to_dict(), "min_layers": min_layers, "dp_evaluations": depth.evaluations,
               "dp_seconds": round(depth_seconds, 2),
               "seconds_per_evaluation": round(sum(times) / len(times), 4) if times else None,
               "width_seconds": round(time.perf_counter() - began, 2), "calibration_windows": int(len(windows)),
+              "depth_windows": [int(s) for s in scored.shape] if hasattr(scored, "shape") else None,
               "calibration_seq_len": int(windows.shape[1]), "seed": seed}
     return table, report
 

@@ -7,7 +7,7 @@ selection, computed once at full depth and reused at every depth, as the officia
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -49,6 +49,9 @@ class SelectionTable:
     width_plans: dict[float, Plan]
     biases: dict[float, dict[str, torch.Tensor]]
     allocation: str = "global"
+    #: the width ranking the masks were cut from (:class:`.width.WidthRanking`), in memory after a
+    #: selection run only: the ``amoeballm`` method fills its budget from it
+    ranking: object = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ the design space
     def shapes(self) -> list[Shape]:

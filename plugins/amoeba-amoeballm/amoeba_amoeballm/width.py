@@ -11,6 +11,7 @@ users who need a stock Hugging Face export.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -55,15 +56,39 @@ def width_budget(anatomy, width: float) -> Budget:
     return Budget("count", max(1, int(full - (1 - width) * linear_parameters(anatomy))))
 
 
-def select_widths(model, anatomy, windows, widths: Sequence[float], *, allocation: str = "global",
-                  metric: str = "fluctuation", bias_compensation: bool = True, batch_size: int = 8
-                  ) -> tuple[dict[float, Plan], dict[float, dict[str, torch.Tensor]]]:
-    """Full-depth plans and compensation biases for every width, from one calibration pass.
+@dataclass
+class WidthRanking:
+    """What the width masks are cut from: the calibration statistics (for bias compensation), and
+    either the standardised KV-group and MLP-channel scores of the global ranking or the per-layer
+    query-head and MLP-channel scores of the uniform allocation. Held in memory, never saved."""
 
-    Returns ``(plans, biases)``: ``plans[w]`` keeps the best-scored units at width ``w`` (nested:
-    every plan's units contain the next smaller width's), ``biases[w]`` maps ``"<o|down>.bias"``
-    names to FLAP's compensation vectors (empty at width 1.0 or without compensation)."""
-    widths = check_widths(widths)
+    allocation: str
+    stats: object
+    groups: list | None = None
+    channels: list | None = None
+    unit_scores: dict | None = None
+    bias_compensation: bool = True
+
+    def plan(self, anatomy, budget: Budget, depth=None, method: str = "amoeballm") -> Plan:
+        """The widest plan of the layers ``depth`` (indices; None: all) that fits ``budget``: the ranking
+        cut at one unit's precision (a budget filled to within one MLP channel) instead of a width ratio."""
+        if self.allocation == "global":
+            return global_width(anatomy, budget, self.groups, self.channels, method,
+                                output_bias=self.bias_compensation, depth=depth, top_up=True)
+        heads, mlp = uniform_width(anatomy, budget, method, depth=depth)
+        plan = uniform_plan(anatomy, heads, mlp, self.unit_scores["query_head"], self.unit_scores["mlp_channel"],
+                            depth=depth)
+        plan.output_bias = self.bias_compensation
+        return plan
+
+    def patch(self, model, anatomy, plan: Plan) -> dict[str, torch.Tensor]:
+        """The compensation biases of ``plan`` (empty without compensation)."""
+        return output_bias_compensation(model, anatomy, plan, self.stats) if plan.output_bias else {}
+
+
+def width_ranking(model, anatomy, windows, *, allocation: str = "global", metric: str = "fluctuation",
+                  bias_compensation: bool = True, batch_size: int = 8) -> WidthRanking:
+    """Score the width units once, from one calibration pass (see :class:`WidthRanking`)."""
     if allocation not in ALLOCATIONS:
         raise AmoebaError(f"unknown width allocation '{allocation}'", f"use one of: {', '.join(ALLOCATIONS)}")
     scorer = get("metrics", metric)
@@ -74,15 +99,35 @@ def select_widths(model, anatomy, windows, widths: Sequence[float], *, allocatio
     wanted = scorer.needs_statistics
     shared = bool(wanted) and stats.has(gram="gram" in wanted, sites=tuple(wanted - {"gram"}))
     calibration = (stats if shared else windows) if scorer.needs_calibration else None
-    plans: dict[float, Plan] = {}
     if allocation == "global":
         groups, channels = standardized_unit_scores(anatomy, scorer.role_scores(model, anatomy, calibration))
+        return WidthRanking(allocation, stats, groups, channels, bias_compensation=bias_compensation)
+    scores = scorer.score_units(model, anatomy, ("query_head", "mlp_channel"), calibration)
+    return WidthRanking(allocation, stats, unit_scores=scores, bias_compensation=bias_compensation)
+
+
+def select_widths(model, anatomy, windows, widths: Sequence[float], *, allocation: str = "global",
+                  metric: str = "fluctuation", bias_compensation: bool = True, batch_size: int = 8,
+                  ranking: WidthRanking | None = None
+                  ) -> tuple[dict[float, Plan], dict[float, dict[str, torch.Tensor]]]:
+    """Full-depth plans and compensation biases for every width, from one calibration pass.
+
+    Returns ``(plans, biases)``: ``plans[w]`` keeps the best-scored units at width ``w`` (nested:
+    every plan's units contain the next smaller width's), ``biases[w]`` maps ``"<o|down>.bias"``
+    names to FLAP's compensation vectors (empty at width 1.0 or without compensation). ``ranking``
+    (from :func:`width_ranking` with the same settings) saves the calibration pass."""
+    widths = check_widths(widths)
+    if ranking is None:
+        ranking = width_ranking(model, anatomy, windows, allocation=allocation, metric=metric,
+                                bias_compensation=bias_compensation, batch_size=batch_size)
+    plans: dict[float, Plan] = {}
+    if allocation == "global":
         for w in widths:
             plans[w] = (Plan.full(anatomy) if w == 1.0 else
-                        global_width(anatomy, width_budget(anatomy, w), groups, channels, "amoeballm",
-                                     output_bias=bias_compensation))
+                        global_width(anatomy, width_budget(anatomy, w), ranking.groups, ranking.channels,
+                                     "amoeballm", output_bias=bias_compensation))
     else:
-        scores = scorer.score_units(model, anatomy, ("query_head", "mlp_channel"), calibration)
+        scores = ranking.unit_scores
         last = None
         for w in widths:
             if w == 1.0:
@@ -94,8 +139,8 @@ def select_widths(model, anatomy, windows, widths: Sequence[float], *, allocatio
             last = (heads, mlp)
             plans[w] = uniform_plan(anatomy, heads, mlp, scores["query_head"], scores["mlp_channel"])
             plans[w].output_bias = bias_compensation
-    biases = {w: (output_bias_compensation(model, anatomy, plans[w], stats) if bias_compensation and w < 1 else {})
-              for w in widths}
+    biases = {w: (output_bias_compensation(model, anatomy, plans[w], ranking.stats) if bias_compensation and w < 1
+                  else {}) for w in widths}
     for w, plan in plans.items():
         plan.provenance = {"method": "amoeballm", "width": w, "allocation": allocation, "metric": metric,
                            "bias_compensation": bias_compensation and w < 1}
@@ -115,4 +160,5 @@ def is_nested(larger: Plan, smaller: Plan, anatomy) -> bool:
     return True
 
 
-__all__ = ["ALLOCATIONS", "check_widths", "is_nested", "linear_parameters", "select_widths", "width_budget"]
+__all__ = ["ALLOCATIONS", "WidthRanking", "check_widths", "is_nested", "linear_parameters", "select_widths",
+           "width_budget", "width_ranking"]
