@@ -39,7 +39,8 @@ if [[ ",$WANT," == *,llama,* ]]; then
     wheel=$(ls .engines/wheels/llama_cpp_python-*.whl 2>/dev/null | head -1 || true)
     if [ -z "$wheel" ]; then
       # GGML_NATIVE=OFF: a cached wheel must run on any x86-64 runner, not only the one that built it
-      CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_MTMD=OFF -DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+      CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF" \
+        CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
         .engines/llama/bin/python -m pip wheel -q --no-deps --no-binary llama-cpp-python "$LLAMA_PIN" -w .engines/wheels
       wheel=$(ls .engines/wheels/llama_cpp_python-*.whl | head -1)
     fi
