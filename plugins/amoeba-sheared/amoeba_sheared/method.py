@@ -18,7 +18,7 @@ from .config import DataConfig, TrainConfig, parse_domain_list
 from .domains import Domain, load_domains
 from .prune import PruneOptions, PruningStage
 from .run import BUDGET_KINDS, reference_losses
-from .target import nearest_shape, shape_plan
+from .target import shape_plan, target_shape
 from .trainer import RunDir, train
 
 
@@ -70,7 +70,7 @@ class ShearedMethod(Method):
         from .fold import finalize
 
         options = self.resolve_options(context)
-        shape = nearest_shape(context.anatomy, context.model.config, context.budget)
+        shape = target_shape(context.anatomy, context.model.config, context.budget, options.shape_rule)
         if options.domains:
             data, seq_len = DataConfig(**options.pick(DataConfig)), options.seq_len
             domains = load_domains(context.tokenizer, data.specs, seq_len, data.heldout_windows)
@@ -87,7 +87,7 @@ class ShearedMethod(Method):
         if len(domains) > 1:
             reference = reference_losses(data, domains, accelerator, source=model,
                                          parameters=shape_plan(anatomy, shape).num_parameters(anatomy))
-        stage = PruningStage(model, anatomy, shape, options, train_config.steps, context.seed)
+        stage = PruningStage(model, anatomy, shape, options, train_config.steps, context.seed, domains[0].train)
         with tempfile.TemporaryDirectory(prefix="sheared-") as tmp:
             result = train(stage, RunDir(tmp), train_config, data, domains, accelerator, resume=False,
                            reference=reference, proportions=None, show_progress=False)
