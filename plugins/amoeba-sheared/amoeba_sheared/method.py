@@ -26,10 +26,14 @@ from .trainer import RunDir, train
 class ShearedOptions(PruneOptions):
     """The options of the ``sheared`` method: the pruning stage's (:class:`PruneOptions`) plus the
     training and data settings it takes from :class:`TrainConfig` and :class:`DataConfig`, whose
-    fields (help, checks, defaults) they are. Two defaults differ on purpose from `amoeba sheared
+    fields (help, checks, defaults) they are. Three defaults differ on purpose from `amoeba sheared
     prune`'s: in process the stage trains on the run's calibration windows (32 by default), so it
-    takes 50 steps of 4 windows, not 200 of 8 (about 6 passes over them instead of 50)."""
+    takes 50 steps of 4 windows, not 200 of 8 (about 6 passes over them instead of 50), and so few
+    steps cannot move every gate from "on" to a good subnet: the masks start at the ``taylor``
+    metric's subnet (``mask_init=importance``; ``mask_init=paper`` is the paper's start; numbers in
+    docs/sheared.md)."""
 
+    mask_init: str = option_like(PruneOptions, "mask_init", "importance")
     steps: int = option_like(TrainConfig, "steps", 50)
     batch_size: int = option_like(TrainConfig, "batch_size", 4)
     lr: float = option_like(TrainConfig, "lr")

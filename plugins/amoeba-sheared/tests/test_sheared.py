@@ -449,14 +449,16 @@ def test_method_options_are_checked_before_loading_and_each_default_is_stated_on
                               ({"warmup": 1}, "warmup must be in")):
         with pytest.raises(AmoebaError, match=fragment):
             preflight(PruningConfig(method="sheared", budget="0.5", method_options=options))
-    # in process the stage trains on the calibration windows: 50 steps of 4, not the command's 200 of 8
+    # in process the stage trains on the calibration windows: 50 steps of 4, not the command's 200 of 8,
+    # from the taylor metric's subnet, not from every gate on
     method, command = ShearedOptions(), TrainConfig()
     assert (method.steps, method.batch_size, command.steps, command.batch_size) == (50, 4, 200, 8)
+    assert (method.mask_init, PruneOptions().mask_init, method.shape_rule) == ("importance", "paper", "fill")
     shared = {f.name for f in fields(TrainConfig)} & {f.name for f in fields(ShearedOptions)} - {"steps", "batch_size"}
     assert shared and all(getattr(method, n) == getattr(command, n) for n in shared)
     data = DataConfig()
     assert all(getattr(method, n) == getattr(data, n) for n in ("dynamic", "update_every", "reference"))
-    assert method.to_dict().items() >= PruneOptions().to_dict().items()
+    assert method.to_dict().items() >= PruneOptions(mask_init="importance").to_dict().items()
     assert TrainConfig(**CPT_TRAIN_DEFAULTS).warmup == 0.03 and DataConfig(**CPT_DATA_DEFAULTS).update_every == 400
     help_text = CliRunner().invoke(_cli(), ["sheared", "train", "--help"]).output
     assert "[default: 0.03]" in help_text and "[default: 400]" in help_text and "[default: 200]" in help_text
