@@ -27,6 +27,22 @@ def init_log_alpha(shape, generator: torch.Generator | None = None) -> torch.Ten
     return t.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
 
 
+def init_from_scores(scores: torch.Tensor, keep: int, on: float = LOG_ALPHA_MAX,
+                     off: float = LOG_ALPHA_MIN) -> torch.Tensor:
+    """Logits that start at a chosen subnet: in every row (the last dimension) the ``keep`` units
+    with the highest ``scores`` (ties: the lower index) at ``on``, the others at ``off``. At the
+    clamp limits a kept gate is non-zero with P = 0.998 and a dropped one with P = 0.047, so the
+    expected size starts at the target and the learned masks start near the metric's choice."""
+    rows = scores.detach().float().reshape(-1, scores.shape[-1])
+    out = torch.full_like(rows, float(off))
+    k = max(0, min(int(keep), rows.shape[1]))
+    for i, row in enumerate(rows.tolist()):
+        order = sorted(range(len(row)), key=lambda j: (-row[j], j))[:k]
+        if order:
+            out[i, torch.tensor(order)] = float(on)
+    return out.reshape(scores.shape)
+
+
 def clamp_(log_alpha: torch.Tensor) -> torch.Tensor:
     """Clamp in place (after every optimizer step)."""
     with torch.no_grad():
@@ -74,5 +90,5 @@ def top_k_rows(log_alpha: torch.Tensor, keep: int | torch.Tensor) -> torch.Tenso
 
 
 __all__ = ["DETERMINISTIC_SCALE", "EPSILON", "INIT_MEAN", "INIT_STD", "LIMIT_LEFT", "LIMIT_RIGHT",
-           "LOG_ALPHA_MAX", "LOG_ALPHA_MIN", "TEMPERATURE", "clamp_", "deterministic_value", "init_log_alpha",
+           "LOG_ALPHA_MAX", "LOG_ALPHA_MIN", "TEMPERATURE", "clamp_", "deterministic_value", "init_from_scores", "init_log_alpha",
            "prob_nonzero", "sample", "top_k_rows"]

@@ -29,6 +29,15 @@ class ShearingMasks(nn.Module):
         self.log_alpha = nn.ParameterDict({f: nn.Parameter(hc.init_log_alpha(sizes[f], g))
                                            for f in STRUCTURES if f in self.targets})
 
+    def init_from_scores(self, scores: dict[str, torch.Tensor]) -> None:
+        """Start every family at the top units of ``scores`` (:func:`.hard_concrete.init_from_scores`
+        with the target counts); ``scores[family]`` as :func:`amoeba_sheared.target.shape_plan` takes them
+        (1-D for ``layer`` and ``hidden``, ``[layers, units]`` for the others)."""
+        counts = self.target.counts()
+        with torch.no_grad():
+            for f, p in self.log_alpha.items():
+                p.copy_(hc.init_from_scores(scores[f].reshape(p.shape).to(p.device), counts[f]))
+
     @property
     def families(self) -> list[str]:
         return list(self.log_alpha.keys())

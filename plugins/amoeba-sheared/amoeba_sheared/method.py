@@ -19,7 +19,7 @@ from .config import DataConfig, TrainConfig, parse_domain_list
 from .domains import Domain, load_domains
 from .prune import PruneOptions, PruningStage
 from .run import BUDGET_KINDS, reference_losses
-from .target import nearest_shape, shape_plan
+from .target import shape_plan, target_shape
 from .trainer import RunDir, train
 
 
@@ -27,10 +27,14 @@ from .trainer import RunDir, train
 class ShearedOptions(PruneOptions):
     """The options of the ``sheared`` method: the pruning stage's (:class:`PruneOptions`) plus the
     training and data settings it takes from :class:`TrainConfig` and :class:`DataConfig`, whose
-    fields (help, checks, defaults) they are. Two defaults differ on purpose from `amoeba sheared
+    fields (help, checks, defaults) they are. Three defaults differ on purpose from `amoeba sheared
     prune`'s: in process the stage trains on the run's calibration windows (32 by default), so it
-    takes 50 steps of 4 windows, not 200 of 8 (about 6 passes over them instead of 50)."""
+    takes 50 steps of 4 windows, not 200 of 8 (about 6 passes over them instead of 50), and so few
+    steps cannot move every gate from "on" to a good subnet: the masks start at the ``taylor``
+    metric's subnet (``mask_init=importance``; ``mask_init=paper`` is the paper's start; numbers in
+    docs/sheared.md)."""
 
+    mask_init: str = option_like(PruneOptions, "mask_init", "importance")
     steps: int = option_like(TrainConfig, "steps", 50)
     batch_size: int = option_like(TrainConfig, "batch_size", 4)
     lr: float = option_like(TrainConfig, "lr")
@@ -71,7 +75,7 @@ class ShearedMethod(Method):
         from .fold import finalize
 
         options = self.resolve_options(context)
-        shape = nearest_shape(context.anatomy, context.model.config, context.budget)
+        shape = target_shape(context.anatomy, context.model.config, context.budget, options.shape_rule)
         if options.domains:
             data, seq_len = DataConfig(**options.pick(DataConfig)), options.seq_len
             domains = load_domains(context.tokenizer, data.specs, seq_len, data.heldout_windows)
@@ -90,7 +94,7 @@ class ShearedMethod(Method):
         if len(domains) > 1:
             reference = reference_losses(data, domains, accelerator, source=model,
                                          parameters=shape_plan(anatomy, shape).num_parameters(anatomy))
-        stage = PruningStage(model, anatomy, shape, options, train_config.steps, context.seed)
+        stage = PruningStage(model, anatomy, shape, options, train_config.steps, context.seed, domains[0].train)
         with scratch_directory("sheared") as tmp:  # a killed run's scratch is removed by the next one
             result = train(stage, RunDir(tmp), train_config, data, domains, accelerator, resume=False,
                            reference=reference, proportions=None, show_progress=False)

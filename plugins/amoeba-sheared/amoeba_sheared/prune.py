@@ -18,9 +18,10 @@ from amoeba_plugin.options import Options, option
 
 from .masked import MaskedModel, inner_model
 from .masks import Lagrangian, ShearingMasks
-from .target import Shape, source_shape
+from .target import SHAPE_RULES, Shape, metric_scores, source_shape
 
 WEIGHTS = ("full", "frozen", "lora")
+MASK_INITS = ("paper", "importance")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -35,6 +36,16 @@ class PruneOptions(Options):
     mask_lr: float = option(1.0, "learning rate of the mask logits [1.0]", gt=0)
     lambda_lr: float = option(1.0, "learning rate of the Lagrange multipliers [1.0, as a negative lr]", gt=0)
     target_warmup: float = option(0.2, "fraction of steps the target sparsity ramps over [640 of 3200]", ge=0, le=1)
+    mask_init: str = option("paper", "mask logits at the start: paper (every gate on, log_alpha ~ N(5, 0.01), "
+                                      "the target ramped over target_warmup) or importance (the target's top units "
+                                      "of init_metric on, the rest off; no ramp) [paper]", choices=MASK_INITS)
+    init_metric: str = option("taylor", "host metric ranking the units for mask_init=importance (it must score "
+                                        "every pruned family; taylor and magnitude score them all)",
+                              registry="metrics")
+    init_windows: int = option(8, "calibration windows the init metric reads (mask_init=importance)", ge=1)
+    shape_rule: str = option("fill", "how a parameter budget becomes a target shape: fill (within 2 % below the "
+                                     "budget, the most balanced widths) or nearest (one width factor snapped "
+                                     "down; can land far below)", choices=SHAPE_RULES)
 
 
 def _lora(model, anatomy, options: PruneOptions):
@@ -51,17 +62,23 @@ class PruningStage:
 
     kind = "pruning"
 
-    def __init__(self, model, anatomy, target: Shape, options: PruneOptions, train_steps: int, seed: int = 0):
+    def __init__(self, model, anatomy, target: Shape, options: PruneOptions, train_steps: int, seed: int = 0,
+                 calibration: torch.Tensor | None = None):
         self.anatomy, self.target, self.options = anatomy, target, options
         model.float()
+        self.masks = ShearingMasks(source_shape(anatomy), target, anatomy.layers[0].head_dim, seed)
+        self.warmup_steps = int(round(options.target_warmup * train_steps))
+        if options.mask_init == "importance":  # scored on the dense model, before any adapter wraps it
+            windows = None if calibration is None else calibration[: options.init_windows]
+            scores = metric_scores(model, anatomy, options.init_metric, windows, self.masks.families)
+            self.masks.init_from_scores(scores)
+            self.warmup_steps = 0  # the masks start at the target: no ramp from 0
         if options.weights != "full":
             model.requires_grad_(False)
         if options.weights == "lora":
             model = _lora(model, anatomy, options)
-        self.masks = ShearingMasks(source_shape(anatomy), target, anatomy.layers[0].head_dim, seed)
         self.lagrangian = Lagrangian(self.masks.families)
         self.module = MaskedModel(model, anatomy, self.masks)
-        self.warmup_steps = int(round(options.target_warmup * train_steps))
         self._last: dict = {}
 
     # ------------------------------------------------------------------ optimisation
@@ -119,4 +136,4 @@ class PruningStage:
         return model.eval()
 
 
-__all__ = ["LORA_TARGETS", "PruneOptions", "PruningStage", "WEIGHTS"]
+__all__ = ["LORA_TARGETS", "MASK_INITS", "PruneOptions", "PruningStage", "WEIGHTS"]

@@ -20,7 +20,7 @@ from .config import CPT_DATA_DEFAULTS, CPT_TRAIN_DEFAULTS, DataConfig, TrainConf
 from .domains import load_domains
 from .prune import PruneOptions, PruningStage
 from .reference import check_values, parse_reference, scaling_reference
-from .target import nearest_shape, resolve_target, shape_of_config, shape_plan
+from .target import resolve_target, shape_of_config, shape_plan, target_shape
 from .trainer import MODEL, REFERENCE, RUN, SUMMARY, RunDir, distributed_on_cpu, domain_losses, train
 
 #: written next to an exported model: the domains, reference losses and final proportions, so
@@ -193,14 +193,15 @@ def prune(model: str, output, target: str | Budget = "0.5", data: DataConfig | N
     loaded, tokenizer = load_model(model)
     loaded.to(accelerator.device)
     anatomy = anatomy_of(loaded)
-    shape = nearest_shape(anatomy, loaded.config, budget)
+    shape = target_shape(anatomy, loaded.config, budget, options.shape_rule)
     domains = load_domains(tokenizer, data.specs, train_config.seq_len, data.heldout_windows)
     resume = resume and run.state() is not None
     _start(run, settings, resume, accelerator)
     params = shape_plan(anatomy, shape).num_parameters(anatomy)
     reference = _reference(run, resume, lambda: reference_losses(data, domains, accelerator, source=loaded,
                                                                  parameters=params), data.names, accelerator, data.dynamic)
-    stage = PruningStage(loaded, anatomy, shape, options, train_config.steps, train_config.seed)
+    stage = PruningStage(loaded, anatomy, shape, options, train_config.steps, train_config.seed,
+                         calibration=domains[0].train)
     result = train(stage, run, train_config, data, domains, accelerator, resume=resume, reference=reference,
                    proportions=data.proportions, stop_after=stop_after, show_progress=show_progress)
     summary = {"stage": "pruning", "target": shape.to_dict(), "budget": str(budget), **result,

@@ -151,35 +151,161 @@ def shape_plan(anatomy, shape: Shape, scores: dict | None = None, **provenance) 
                 provenance=dict(provenance))
 
 
-def metric_scores(model, anatomy, metric: str = "magnitude", calibration=None) -> dict:
-    """:func:`shape_plan` scores from a host importance metric (e.g. ``magnitude``, the uniform
-    baseline): a query-in-group index scores the sum of its heads over the groups, as the shared
-    query mask treats it."""
+#: the host metric unit that scores each mask family
+FAMILY_UNITS = {"layer": "layer", "kv": "kv_group", "query": "query_head", "intermediate": "mlp_channel",
+                "hidden": "hidden_channel"}
+
+
+def metric_scores(model, anatomy, metric: str = "magnitude", calibration=None, families=STRUCTURES) -> dict:
+    """:func:`shape_plan` scores of ``families`` from a host importance metric (e.g. ``magnitude``,
+    the uniform baseline): a query-in-group index scores the sum of its heads over the groups, as
+    the shared query mask treats it."""
     import torch
 
+    from amoeba_plugin.errors import AmoebaError
     from amoeba_plugin.plugins import get
 
     source = source_shape(anatomy)
-    units = get("metrics", metric).score_units(model, anatomy, ("layer", "kv_group", "query_head", "mlp_channel",
-                                                                "hidden_channel"), calibration)
-    heads = torch.stack([s.float() for s in units["query_head"]]).view(source.layers, source.kv_heads, -1)
-    return {"layer": units["layer"].float(), "kv": torch.stack([s.float() for s in units["kv_group"]]),
-            "query": heads.sum(1), "intermediate": torch.stack([s.float() for s in units["mlp_channel"]]),
-            "hidden": units["hidden_channel"].float()}
+    scorer = get("metrics", metric)
+    units = tuple(dict.fromkeys(FAMILY_UNITS[f] for f in families))
+    missing = [u for u in units if u not in scorer.units]
+    if missing:
+        raise AmoebaError(f"the '{metric}' metric cannot score {', '.join(missing)} units, which this target prunes",
+                          "pick a metric that scores every pruned family, e.g. taylor or magnitude")
+    scores = scorer.score_units(model, anatomy, units, calibration)
+    out = {}
+    for f in families:
+        s = scores[FAMILY_UNITS[f]]
+        if f == "query":
+            out[f] = torch.stack([h.float() for h in s]).view(source.layers, source.kv_heads, -1).sum(1)
+        elif f in ("kv", "intermediate"):
+            out[f] = torch.stack([h.float() for h in s])
+        else:
+            out[f] = s.float()
+    return out
 
 
-def nearest_shape(anatomy, config, budget: Budget) -> Shape:
-    """The shape a parameter budget (``params``, ``nonembed``, ``count``) becomes: every layer and
-    KV group kept, one width factor ``w`` applied to the query heads per group (per head on MHA), the
-    MLP width and the hidden size, snapped to what the family's config expresses (hidden a multiple
-    of the heads and of 8, MLP width a multiple of 8); among the query-head counts, the shape whose
-    head fraction is closest to ``w`` (ties: more parameters), each with the largest ``w`` that
-    fits. Layers go only when no width fits (then the same search at fewer layers)."""
-    if budget.kind == "shape":
-        return resolve_target(source_shape(anatomy), budget.value)
+#: how a parameter budget becomes a shape: ``fill`` (default) lands within the fill tolerance below
+#: the budget; ``nearest`` is the first rule (one width factor, snapped down; it can land ~13 % low)
+SHAPE_RULES = ("fill", "nearest")
+try:  # a shape is on budget when ``1 - FILL_TOLERANCE <= cost / target <= 1`` (the host's rule)
+    from amoeba_plugin.budget import FILL_TOLERANCE
+except ImportError:  # a host from before the rule was shared
+    FILL_TOLERANCE = 0.02
+
+
+def _check_counted(budget: Budget) -> None:
     if budget.kind not in ("params", "nonembed", "count"):
         raise InvalidBudgetError(f"the Sheared method cannot meet a '{budget.kind}' budget",
                                  "use shape=..., or a params, nonembed or count budget")
+
+
+def _no_shape(budget: Budget):
+    return InvalidBudgetError(f"no shape of this model that its config can express fits {budget}",
+                              "raise the budget, or give an explicit shape=... target")
+
+
+def target_shape(anatomy, config, budget: Budget, rule: str = "fill") -> Shape:
+    """The shape a budget becomes: a ``shape=`` budget completed from the source; a parameter budget
+    (``params``, ``nonembed``, ``count``) through ``rule`` (:func:`filled_shape` or :func:`nearest_shape`)."""
+    if rule not in SHAPE_RULES:
+        raise InvalidBudgetError(f"unknown shape rule '{rule}'", f"use one of: {', '.join(SHAPE_RULES)}")
+    return (filled_shape if rule == "fill" else nearest_shape)(anatomy, config, budget)
+
+
+def filled_shape(anatomy, config, budget: Budget, tolerance: float | None = None) -> Shape:
+    """The shape a parameter budget becomes, on budget: ``1 - tolerance <= cost / target <= 1``
+    (``tolerance``: the budget's own, else :data:`FILL_TOLERANCE`).
+
+    Every KV group is kept, as in :func:`nearest_shape`. For every query-head count (per group; per
+    head on MHA) and every hidden size the config expresses (a multiple of the heads and of 8), the
+    MLP width is topped up to the largest multiple of 8 that fits (the source's width if that fits).
+    Among the shapes on budget, the most balanced one wins: the smallest spread between the kept
+    fractions of query heads, hidden size and MLP width (ties: more parameters). Layers go only when
+    no shape with every layer is on budget; when no shape at any depth is, the same search runs with
+    any MLP width and hidden sizes that are multiples of the heads alone, and then the largest shape
+    that fits is returned (the tolerance cannot be met: e.g. a budget below what one layer costs)."""
+    if budget.kind == "shape":
+        return resolve_target(source_shape(anatomy), budget.value)
+    _check_counted(budget)
+    source = source_shape(anatomy)
+    bound = budget.bind(anatomy)
+    tolerance = (budget.tolerance or FILL_TOLERANCE) if tolerance is None else tolerance
+    floor = (1.0 - tolerance) * bound.target
+    mha = source.kv_heads == source.heads
+    units = source.heads if mha else source.queries_per_group
+
+    def cost(shape):
+        return bound.measure(shape_plan(anatomy, shape))
+
+    def topped_up(layers, kept, hidden, quantum):
+        """The largest MLP width (a multiple of ``quantum``, or the source's) that fits; None when
+        the config cannot express the shape, False when even the narrowest MLP is over budget."""
+        kv = kept if mha else source.kv_heads
+        heads = kv * (1 if mha else kept)
+        base = Shape(layers, heads, kv, min(quantum, source.intermediate), hidden)
+        if not family_expresses(config, base):
+            return None
+        low = cost(base)
+        if low > bound.target:
+            return False
+        full = Shape(layers, heads, kv, source.intermediate, hidden)
+        high = cost(full)
+        if high <= bound.target:
+            return full
+        per_channel = (high - low) / (source.intermediate - base.intermediate)  # costs are linear in the width
+        width = base.intermediate + int((bound.target - low) // per_channel)
+        width = max(base.intermediate, width // quantum * quantum)
+        shape = Shape(layers, heads, kv, width, hidden)
+        while cost(shape) > bound.target and shape.intermediate > base.intermediate:  # rounding guard
+            shape = Shape(layers, heads, kv, max(base.intermediate, shape.intermediate - quantum), hidden)
+        return shape
+
+    def spread(shape):
+        kept = shape.kv_heads if mha else shape.queries_per_group
+        fractions = [math.log(f) for f, n in ((kept / units, units), (shape.hidden / source.hidden, source.hidden),
+                                              (shape.intermediate / source.intermediate, source.intermediate))
+                     if n > 1]
+        return max(fractions) - min(fractions) if fractions else 0.0
+
+    largest = None
+    for mlp_quantum, eight in ((8, True), (1, False)):
+        for layers in range(source.layers, 0, -1):
+            best = None
+            for kept in range(units, 0, -1):
+                heads = kept if mha else kept * source.kv_heads
+                quantum = math.lcm(heads, 8) if eight else heads
+                for hidden in range(quantum, source.hidden + 1, quantum):
+                    shape = topped_up(layers, kept, hidden, mlp_quantum)
+                    if shape is False:
+                        break  # a larger hidden size costs more
+                    if shape is None:
+                        continue
+                    params = cost(shape)
+                    if largest is None or params > largest[0]:
+                        largest = (params, shape)
+                    if params >= floor:
+                        key = (round(spread(shape), 9), -params)
+                        if best is None or key < best[0]:
+                            best = (key, shape)
+            if best is not None:
+                return best[1]
+    if largest is None:
+        raise _no_shape(budget)
+    return largest[1]
+
+
+def nearest_shape(anatomy, config, budget: Budget) -> Shape:
+    """The first rule (``rule="nearest"``): every layer and KV group kept, one width factor ``w``
+    applied to the query heads per group (per head on MHA), the MLP width and the hidden size,
+    snapped down to what the family's config expresses (hidden a multiple of the heads and of 8, MLP
+    width a multiple of 8); among the query-head counts, the shape whose head fraction is closest to
+    ``w`` (ties: more parameters), each with the largest ``w`` that fits. Layers go only when no
+    width fits (then the same search at fewer layers). It fits, but the snapping can land well
+    below the budget (the embedded model at 0.5: 0.437)."""
+    if budget.kind == "shape":
+        return resolve_target(source_shape(anatomy), budget.value)
+    _check_counted(budget)
     source = source_shape(anatomy)
     mha = source.kv_heads == source.heads
 
@@ -217,8 +343,7 @@ def nearest_shape(anatomy, config, budget: Budget) -> Shape:
                 best = (key, shape)
         if best is not None:
             return best[1]
-    raise InvalidBudgetError(f"no shape of this model that its config can express fits {budget}",
-                             "raise the budget, or give an explicit shape=... target")
+    raise _no_shape(budget)
 
 
 def target_sparsity(source: Shape, target: Shape) -> dict[str, float]:
@@ -236,5 +361,6 @@ def plan_is_shape(plan: Plan, anatomy, shape: Shape) -> bool:
         for r in rows)
 
 
-__all__ = ["STRUCTURES", "Shape", "family_expresses", "metric_scores", "nearest_shape", "plan_is_shape", "resolve_target",
-           "shape_of_config", "shape_plan", "source_shape", "target_sparsity"]
+__all__ = ["FAMILY_UNITS", "FILL_TOLERANCE", "SHAPE_RULES", "STRUCTURES", "Shape", "family_expresses", "filled_shape", "metric_scores",
+           "nearest_shape", "plan_is_shape", "resolve_target", "shape_of_config", "shape_plan", "source_shape",
+           "target_shape", "target_sparsity"]

@@ -18,6 +18,7 @@ from amoeba_sheared.prune import PruneOptions, PruningStage
 from amoeba_sheared.reference import fit_scaling_law, parse_reference, predict
 from amoeba_sheared.run import pretrain, prune
 from amoeba_sheared.target import (
+    FILL_TOLERANCE,
     Shape,
     family_expresses,
     metric_scores,
@@ -26,6 +27,7 @@ from amoeba_sheared.target import (
     resolve_target,
     shape_plan,
     source_shape,
+    target_shape,
 )
 from amoeba_sheared.trainer import CHECKPOINT, read_log
 from click.testing import CliRunner
@@ -147,17 +149,88 @@ def test_targets_are_completed_checked_and_budgets_become_expressible_shapes(tin
             resolve_target(src, bad)
     for text in ("0.5", "nonembed=0.4", "count=40000"):
         budget = Budget.parse(text)
-        shape = nearest_shape(anatomy, tiny_llama.config, budget)
+        shape = target_shape(anatomy, tiny_llama.config, budget)
         plan = shape_plan(anatomy, shape)
         assert budget.fits(plan, anatomy) and family_expresses(tiny_llama.config, shape)
         assert shape.kv_heads == 2 and shape.hidden % shape.heads == 0
     assert not family_expresses(tiny_llama.config, Shape(4, 3, 1, 96, 40))  # LlamaConfig: 40 % 3
-    with pytest.raises(InvalidBudgetError, match="cannot meet"):
-        nearest_shape(anatomy, tiny_llama.config, Budget.parse("macs=0.5"))
+    for rule in ("fill", "nearest"):
+        with pytest.raises(InvalidBudgetError, match="cannot meet"):
+            target_shape(anatomy, tiny_llama.config, Budget.parse("macs=0.5"), rule)
+    with pytest.raises(InvalidBudgetError, match="unknown shape rule"):
+        target_shape(anatomy, tiny_llama.config, Budget.parse("0.5"), "closest")
     scores = metric_scores(tiny_llama, anatomy, "magnitude")
     plan = shape_plan(anatomy, Shape(3, 4, 2, 48, 32), scores)
     assert plan_is_shape(plan, anatomy, Shape(3, 4, 2, 48, 32))
     assert [lp.index for lp in plan.layers] == sorted(scores["layer"].argsort(descending=True)[:3].tolist())
+
+
+@pytest.fixture(scope="module")
+def fill_models():
+    """The models the fill rule must serve: tiny GQA and MHA Llamas, a tiny Qwen3 and the embedded model."""
+    from amoeba_plugin.models import load_model
+
+    return {"llama": make_tiny("llama"), "mha": make_tiny("llama", num_key_value_heads=8),
+            "qwen3-untied": make_tiny("qwen3", tie_word_embeddings=False), "embedded": load_model(EMBEDDED)[0]}
+
+
+@pytest.mark.parametrize("name", ["llama", "mha", "qwen3-untied", "embedded"])
+def test_budget_shapes_land_within_the_fill_tolerance_below_the_budget(fill_models, name):
+    """A params or nonembed budget becomes a shape whose count is in [0.98, 1.0] of the target, that
+    the family's config expresses; the first rule (``nearest``) stays available and fits, but can land
+    far lower (the embedded model at 0.5: 0.874 of the target)."""
+    model = fill_models[name]
+    anatomy = anatomy_of(model)
+    for kind in ("params", "nonembed"):
+        for value in (0.8, 0.7, 0.5):
+            budget = Budget(kind, value)
+            bound = budget.bind(anatomy)
+            shape = target_shape(anatomy, model.config, budget)
+            fill = bound.measure(shape_plan(anatomy, shape)) / bound.target
+            assert 1 - FILL_TOLERANCE <= fill <= 1.0, (kind, value, shape, fill)
+            assert family_expresses(model.config, shape) and shape.layers == anatomy.num_layers
+            old = target_shape(anatomy, model.config, budget, rule="nearest")
+            assert old == nearest_shape(anatomy, model.config, budget)
+            assert bound.fits(shape_plan(anatomy, old))
+    if name == "embedded":
+        bound = Budget.parse("0.5").bind(anatomy)
+        old = nearest_shape(anatomy, model.config, Budget.parse("0.5"))
+        assert bound.measure(shape_plan(anatomy, old)) / bound.target == pytest.approx(0.874, abs=1e-3)
+
+
+def test_fill_drops_layers_only_when_no_width_is_on_budget(tiny_llama):
+    anatomy = anatomy_of(tiny_llama)
+    budget = Budget.parse("nonembed=0.05")  # below the narrowest 4-layer shape the config expresses
+    shape = target_shape(anatomy, tiny_llama.config, budget)
+    bound = budget.bind(anatomy)
+    assert shape.layers < 4 and 1 - FILL_TOLERANCE <= bound.measure(shape_plan(anatomy, shape)) / bound.target <= 1
+
+
+def test_importance_init_starts_the_masks_at_the_metrics_subnet(tiny_llama, tiny_windows):
+    """``mask_init=importance``: the logits start at the clamp limits on the target's top units of the
+    metric (so the final top-k gates before any step keep the metric's plan), and the target is not
+    ramped; ``paper`` keeps every gate on and ramps it."""
+    t = hc.init_from_scores(torch.tensor([[0.3, 0.9, 0.1, 0.9], [1.0, 0.0, 2.0, -1.0]]), 2)
+    assert torch.equal(t > 0, torch.tensor([[False, True, False, True], [True, False, True, False]]))
+    assert t.max() == hc.LOG_ALPHA_MAX and t.min() == hc.LOG_ALPHA_MIN
+    anatomy = anatomy_of(tiny_llama)
+    shape = Shape(4, 4, 2, 48, 32)
+    stage = PruningStage(tiny_llama, anatomy, shape, PruneOptions(mask_init="importance"), train_steps=10,
+                         calibration=tiny_windows)
+    assert stage.warmup_steps == 0
+    fresh = make_tiny("llama")  # the same weights, without the stage's hooks
+    scores = metric_scores(fresh, anatomy, "taylor", tiny_windows[:8], stage.masks.families)
+    plan, _, _ = finalize(fresh, anatomy, stage.masks)
+    expected = shape_plan(anatomy, shape, scores)
+    assert plan.to_dict()["layers"] == expected.to_dict()["layers"]
+    assert plan.hidden_channels == expected.hidden_channels
+    sparsity = {f: float(s.detach().mean()) for f, s in stage.masks.expected_sparsity().items()}
+    assert all(abs(sparsity[f] - t) < 0.05 for f, t in stage.masks.targets.items())  # starts at the target
+    paper = PruningStage(make_tiny("llama"), anatomy, shape, PruneOptions(), train_steps=10)
+    assert paper.warmup_steps == 2 and all(float(s.detach().mean()) < 0.01 for s in paper.masks.expected_sparsity().values())
+    with pytest.raises(AmoebaError, match="cannot score layer"):
+        PruningStage(make_tiny("llama"), anatomy, Shape(3, 4, 2, 48, 32),
+                     PruneOptions(mask_init="importance", init_metric="fluctuation"), 10, calibration=tiny_windows)
 
 
 # ---------------------------------------------------------------------- masked == sliced
@@ -376,14 +449,16 @@ def test_method_options_are_checked_before_loading_and_each_default_is_stated_on
                               ({"warmup": 1}, "warmup must be in")):
         with pytest.raises(AmoebaError, match=fragment):
             preflight(PruningConfig(method="sheared", budget="0.5", method_options=options))
-    # in process the stage trains on the calibration windows: 50 steps of 4, not the command's 200 of 8
+    # in process the stage trains on the calibration windows: 50 steps of 4, not the command's 200 of 8,
+    # from the taylor metric's subnet, not from every gate on
     method, command = ShearedOptions(), TrainConfig()
     assert (method.steps, method.batch_size, command.steps, command.batch_size) == (50, 4, 200, 8)
+    assert (method.mask_init, PruneOptions().mask_init, method.shape_rule) == ("importance", "paper", "fill")
     shared = {f.name for f in fields(TrainConfig)} & {f.name for f in fields(ShearedOptions)} - {"steps", "batch_size"}
     assert shared and all(getattr(method, n) == getattr(command, n) for n in shared)
     data = DataConfig()
     assert all(getattr(method, n) == getattr(data, n) for n in ("dynamic", "update_every", "reference"))
-    assert method.to_dict().items() >= PruneOptions().to_dict().items()
+    assert method.to_dict().items() >= PruneOptions(mask_init="importance").to_dict().items()
     assert TrainConfig(**CPT_TRAIN_DEFAULTS).warmup == 0.03 and DataConfig(**CPT_DATA_DEFAULTS).update_every == 400
     help_text = CliRunner().invoke(_cli(), ["sheared", "train", "--help"]).output
     assert "[default: 0.03]" in help_text and "[default: 400]" in help_text and "[default: 200]" in help_text
