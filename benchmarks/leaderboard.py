@@ -316,7 +316,8 @@ def markdown(data: dict) -> str:
              f"when 1 − {settings.get('fill_tolerance', FILL_TOLERANCE):g} ≤ fill ≤ 1 (**off** otherwise, kept "
              "in the table). Decode: greedy tokens/s of the reloaded export (batch 1, "
              f"{settings['decode']['tokens']} tokens, median of {settings['decode']['repeats']}) and its ratio to "
-             "the dense model timed alongside it. ◀ best: lowest geo-mean among the on-budget rows. "
+             "the dense model timed alongside it. ◀ best: lowest geo-mean among the on-budget rows (where two "
+             "or more rows ran). "
              "Wall times and speeds are measured under load unless the machine was idle."]
     if settings.get("recovery"):
         recovery = ", ".join(f"{k}={v}" for k, v in settings["recovery"].items() if v is not None)
@@ -335,7 +336,7 @@ def markdown(data: dict) -> str:
             if not members:
                 continue
             on = [r for r in members if r["status"] == "ok" and r.get("on_budget") and _finite(r.get("ppl_geo_mean"))]
-            best = min(on, key=lambda r: r["ppl_geo_mean"])["key"] if len(on) >= 2 else None
+            best = min(on, key=lambda r: r["ppl_geo_mean"])["key"] if on and len(members) >= 2 else None
             title = "training-free" if regime == "free" else "after recovery"
             lines += ["", f"## {budget} — {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for rank, r in enumerate(members, start=1):
