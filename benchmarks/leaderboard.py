@@ -34,6 +34,7 @@ from types import SimpleNamespace
 
 from amoeba_plugin.budget import FILL_TOLERANCE, Budget
 from amoeba_plugin.cli.options import parse_options
+from amoeba_plugin.data import check_disjoint
 from amoeba_plugin.errors import AmoebaError
 from amoeba_plugin.plugins import registry
 from benchmarks.compare_methods import (
@@ -56,6 +57,8 @@ from benchmarks.leaderboard_presets import preset
 RESULTS_FORMAT = "amoeba-leaderboard"
 REGIMES = ("free", "recovered")
 DEFAULT_BUDGETS = "0.8,0.7,0.5,nonembed=0.8,nonembed=0.7,nonembed=0.5"
+#: the fixed recovery budget every method gets in the recovered regime, unless --recovery says otherwise
+DEFAULT_RECOVERY = "tokens=65536,loss=distill,source=sotu:train,seq_len=256,batch_size=4,seed=0"
 PLOTS = ("perplexity_vs_params.png", "perplexity_vs_speed.png")
 #: what a recovered row takes over from its training-free row: the same plan, shape and export
 CARRIED = ("method", "label", "options", "preset", "budget", "budget_kind", "budget_value", "plugin",
@@ -71,8 +74,8 @@ def build_parser():
                            plot=" and ".join(PLOTS))
     ap.add_argument("--regimes", default="free,recovered",
                     help="comma-separated: free (training-free), recovered (after --recovery)")
-    ap.add_argument("--recovery", default="", metavar="KEY=VALUE,...",
-                    help="RecoveryConfig options for the recovered regime, e.g. tokens=65536,loss=distill "
+    ap.add_argument("--recovery", default=DEFAULT_RECOVERY, metavar="KEY=VALUE,...",
+                    help="RecoveryConfig options for the recovered regime, as `amoeba prune --recover` reads them "
                          "(the teacher is the dense model)")
     ap.add_argument("--no-presets", action="store_true",
                     help="run every method on its defaults (ignore benchmarks/leaderboard_presets.py)")
@@ -85,17 +88,16 @@ def build_parser():
 
 # ---------------------------------------------------------------------- start-up
 def _recovery_config(text: str):
-    """``--recovery`` read with the CLI's kit into a typed ``RecoveryConfig`` (imported only here, so
-    the training-free regime runs without the recovery module)."""
+    """``--recovery`` read as ``amoeba prune --recover`` reads it (the recovery module's own pair reader,
+    where a comma-separated source mixture stays one value; else the CLI kit's ``parse_options``) into
+    a typed ``RecoveryConfig``. Imported only here, so the training-free regime runs without it."""
     try:
-        from amoeba_plugin.recovery import RecoveryConfig
+        import amoeba_plugin.recovery as recovery
     except ImportError as exc:
         raise AmoebaError(f"the recovered regime needs amoeba_plugin.recovery, which this install lacks ({exc})",
                           "pass --regimes free, or install a version of amoeba-plugin with recovery") from None
-    from amoeba_plugin.options import build_options
-
-    values = parse_options(p.strip() for p in text.split(",") if p.strip())
-    return build_options(RecoveryConfig, values)
+    read = getattr(recovery, "parse_pairs", None) or (lambda t: parse_options(p for p in t.split(",") if p.strip()))
+    return recovery.RecoveryConfig.from_dict(read(text))
 
 
 def _regimes(text: str) -> list[str]:
@@ -165,7 +167,8 @@ class Board:
                 raise RuntimeError(f"the training-free run failed ({free['error']['stage']}), nothing to recover")
             student = copy.deepcopy(sliced)  # the free row's model stays as it was; no weight shared with the teacher
             with PeakRSS() as rss:
-                result = recover(student, harness.model, harness.tokenizer, self.recovery)
+                result = recover(student, harness.model, harness.tokenizer, self.recovery,
+                                 progress=False if self.args.quiet else None)
             student = result.model
             last = result.log[-1] if result.log else {}
             row.update(recovery_tokens=result.tokens, recovery_seconds=round(result.wall_s, 2),
@@ -203,6 +206,14 @@ def run(args, log) -> int:
     if args.decode_repeats < 0 or args.decode_tokens < 1 or args.prompt_tokens < 1:
         raise AmoebaError("--decode-repeats must be >= 0, --decode-tokens and --prompt-tokens >= 1",
                           "e.g. --decode-repeats 3 --decode-tokens 32")
+    if recovery is not None:  # the recovery text may not be a held-out source either
+        for spec in split_list(args.eval_sources):
+            for source in str(recovery.source).split(","):
+                try:
+                    check_disjoint(source.strip(), spec, args.allow_eval_on_calibration)
+                except AmoebaError:
+                    raise AmoebaError(f"--recovery trains on '{source.strip()}', which --eval-sources holds out "
+                                      f"('{spec}')", "train on other text, e.g. source=sotu:train") from None
     given = parse_method_options(args.method_options)
     labels: dict[str, str] = {}
 

@@ -136,6 +136,13 @@ def test_start_up_errors(tmp_path, texts, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_recovery_may_not_train_on_held_out_text(tmp_path, texts, capsys):
+    pytest.importorskip("amoeba_plugin.recovery")
+    assert lb.main(argv(texts, tmp_path / "r", "--regimes", "free,recovered", "--recovery",
+                        f"tokens=256,source=file:{texts[1]}")) == 2
+    assert "which --eval-sources holds out" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 def test_pareto_front():
     points = [(0.5, 10.0), (0.6, 8.0), (0.7, 9.0), (0.8, 5.0), (0.5, 12.0)]
     assert lb.pareto(points, higher_x_better=False) == [(0.5, 10.0), (0.6, 8.0), (0.8, 5.0)]
@@ -148,7 +155,7 @@ def test_recovered_regime(tmp_path, texts):
     pytest.importorskip("amoeba_plugin.recovery")
     out = tmp_path / "rec"
     rc = lb.main(argv(texts, out, "--methods", "uniform-magnitude", "--regimes", "free,recovered",
-                      "--recovery", "tokens=256,seq_len=32,batch_size=2,source=sotu:validation,eval_source=none"))
+                      "--recovery", f"tokens=256,seq_len=32,batch_size=2,source=file:{texts[0]},eval_source=none"))
     data = json.loads((out / "results.json").read_text())
     rows = {r.get("regime"): r for r in data["rows"] if r["method"] == "uniform-magnitude"}
     assert rc == 0, [r.get("error") for r in data["rows"]]
