@@ -272,7 +272,7 @@ def run(args, log) -> int:
             extra_rows.append(board.recovered(free, None, keys["recovered"]))
         rows = ([free] if "free" in todo else []) + [finish_row(r, harness.sources) for r in extra_rows]
         for row in rows:
-            row["label"] = free["label"]
+            row.update(label=free["label"], preset=free["preset"])
             book.put(row)
             done += 1
             failed += row["status"] != "ok"
