@@ -308,6 +308,10 @@ def _budget_cell(row: dict) -> str:
     return text if row["on_budget"] else f"**off** ({text})"
 
 
+def _ordered(first: list[str], seen) -> list[str]:
+    return list(dict.fromkeys([*first, *seen]))
+
+
 def _sort_key(row: dict):
     mean = row.get("ppl_geo_mean")
     return (row["status"] != "ok", not _finite(mean), mean if _finite(mean) else 0.0, row["label"])
@@ -340,8 +344,10 @@ def markdown(data: dict) -> str:
                   + f"; geo-mean {_fmt_ppl(dense.get('ppl_geo_mean'))}; decode {_speed(dense)}."]
     header = ["#", "method", "params (ratio)", "non-emb ratio", "MACs ratio", "fill", *[f"ppl {s}" for s in sources],
               "geo-mean", "prune s", "peak RSS MiB", "decode tok/s (× dense)", ""]
-    budgets = settings.get("budgets") or sorted({r["budget"] for r in rows if r["method"] != "dense"})
-    for regime in settings.get("regimes", REGIMES):
+    # this run's budgets and regimes first, then those earlier runs into the same --out recorded
+    budgets = _ordered(settings.get("budgets") or [], (r["budget"] for r in rows if r["method"] != "dense"))
+    regimes = _ordered(settings.get("regimes") or [], (r["regime"] for r in rows if r.get("regime")))
+    for regime in regimes:
         for budget in budgets:
             members = sorted((r for r in rows if r.get("regime") == regime and r["budget"] == budget), key=_sort_key)
             if not members:
