@@ -15,6 +15,10 @@ from dataclasses import asdict, dataclass
 from .cost import CostModel
 from .errors import InvalidBudgetError
 
+#: how far below its budget a method may land and still count as on budget (a fraction of the target):
+#: every method must land in ``[1 - FILL_TOLERANCE, 1]`` of it, never above
+FILL_TOLERANCE = 0.02
+
 KINDS = ("params", "nonembed", "count", "macs", "shape", "latency", "latency_ms")
 SHAPE_KEYS = ("layers", "heads", "kv_heads", "intermediate", "hidden")
 _FIX = ("give the fraction to keep in (0, 1], e.g. --budget 0.5; or params=0.5, nonembed=0.6, macs=0.5, "
@@ -184,6 +188,29 @@ class BoundBudget:
         if self.budget.kind == "shape":
             return True
         return self.measure(plan) <= self.target
+
+    def fill(self, plan_or_anatomy) -> float:
+        """How much of the budget is used: the measured cost / the target (1.0 = exactly at the budget).
+
+        Takes a plan of this anatomy, or the anatomy of an already pruned model (its full cost is
+        counted in the same unit), so a sliced or reloaded model can be checked as well as a plan."""
+        from .anatomy import Anatomy
+
+        if isinstance(plan_or_anatomy, Anatomy):
+            counted = _COUNTED.get(self.budget.kind)
+            if counted is None:
+                self._uncounted("measure")
+            measured = CostModel(plan_or_anatomy, counted[0], embeddings=counted[1]).full
+        else:
+            measured = self.measure(plan_or_anatomy)
+        return measured / self.target
+
+    def on_budget(self, plan_or_anatomy, tolerance: float = FILL_TOLERANCE) -> bool:
+        """Whether the fill lies within ``tolerance`` below the budget, never above it
+        (``1 - tolerance <= fill <= 1``); a shape budget is met by every plan of its shape."""
+        if self.budget.kind == "shape":
+            return True
+        return 1 - tolerance <= self.fill(plan_or_anatomy) <= 1
 
     def _uncounted(self, what: str):
         if self.budget.is_latency:

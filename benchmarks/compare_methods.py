@@ -30,8 +30,11 @@ import shlex
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,11 +80,15 @@ class ModelMutatedError(RuntimeError):
 
 
 # ---------------------------------------------------------------------- arguments
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str = __doc__.splitlines()[0], *, methods: str = "uniform-magnitude",
+                 budgets: str = "0.8,0.65,0.5", out: str = "compare", plot: str = "quality_vs_params.png"
+                 ) -> argparse.ArgumentParser:
+    """The flags of a method-comparison run (model, methods, budgets, text, sizes, options, output);
+    the leaderboard adds its own to these."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model", default="amoeba-tiny-sotu", help="a name or path for amoeba_plugin.models.load_model")
-    ap.add_argument("--methods", default="uniform-magnitude", help="comma-separated registered method names")
-    ap.add_argument("--budgets", default="0.8,0.65,0.5",
+    ap.add_argument("--methods", default=methods, help="comma-separated registered method names")
+    ap.add_argument("--budgets", default=budgets,
                     help="comma-separated budgets (0.5, nonembed=0.6, macs=0.5, ...); use ';' for shape budgets")
     ap.add_argument("--eval-sources", default=DEFAULT_EVAL, help="comma-separated held-out text sources")
     ap.add_argument("--eval-seq-len", type=int, default=256)
@@ -99,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lm-eval-limit", type=int, default=None, help="examples per lm-eval task")
     ap.add_argument("--lm-eval-evaluator", default="lm-eval", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compare")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / out)
     ap.add_argument("--force", action="store_true", help="redo runs already recorded in --out")
-    ap.add_argument("--no-plot", action="store_true", help="skip quality_vs_params.png")
+    ap.add_argument("--no-plot", action="store_true", help=f"skip {plot}")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return ap
 
@@ -137,6 +144,7 @@ class Harness:
         #: the calibration text, resolved once: cuts the windows and is the plans' ``data`` record
         self.run_data: RunData | None = None
         self.windows: dict[str, torch.Tensor] = {}
+        self.sources: list[str] = []
         self.checksum = ""
         self.hooks = 0
         self.lm_eval = None
@@ -150,6 +158,31 @@ class Harness:
         self.hooks = hook_count(self.model)
         self.log(f"loaded {self.args.model} ({parameter_counts(self.model)[0]:,} parameters) "
                  f"in {time.perf_counter() - start:.1f}s")
+
+    def prepare(self, eval_sources: list[str]) -> dict:
+        """Load the model and cut the calibration and evaluation windows once; returns the settings
+        measured on them (checksums of the weights and the windows), which decide whether a results
+        file can be resumed."""
+        self.load()
+        if self.tokenizer is None:
+            raise AmoebaError(f"{self.args.model} has no tokenizer, so there is no text to evaluate on",
+                              "pass a model directory that holds its tokenizer")
+        args, start = self.args, time.perf_counter()
+        self.run_data = RunData(calibration=TextSpec.resolve(args.calibration, "calibration"),
+                                calibration_samples=args.calibration_samples,
+                                calibration_seq_len=args.calibration_seq_len, seed=args.seed)
+        if args.calibration is not None:
+            self.calibration = self.run_data.cut_calibration_windows(self.tokenizer)
+        self.sources = list(eval_sources)
+        for spec in eval_sources:
+            self.windows[spec] = eval_windows(self.tokenizer, spec, args.eval_seq_len, args.eval_windows or None)
+        self.log(f"windows: calibration {tuple(self.calibration.shape) if self.calibration is not None else 'none'}, "
+                 + ", ".join(f"{s} {tuple(w.shape)}" for s, w in self.windows.items())
+                 + f" ({time.perf_counter() - start:.1f}s)")
+        return {"dense_checksum": self.checksum, "model_fingerprint": self.anatomy.fingerprint,
+                "calibration_sha": _sha(self.calibration) if self.calibration is not None else None,
+                "eval_sha": {s: _sha(w) for s, w in self.windows.items()},
+                "eval_windows_used": {s: int(w.shape[0]) for s, w in self.windows.items()}}
 
     def reload(self) -> None:
         del self.model
@@ -202,7 +235,11 @@ class Harness:
         row["finished"] = _now()
         return row
 
-    def prune_row(self, method, budget: Budget, options: dict, dense: dict, config: PruningConfig) -> dict:
+    def prune_row(self, method, budget: Budget, options: dict, dense: dict, config: PruningConfig,
+                  on_sliced: Callable[[Any, Any, dict], None] | None = None) -> dict:
+        """Run ``method`` at ``budget`` through :func:`run_method`, slice, evaluate: the row. A failure at
+        any stage is recorded in the row. ``on_sliced(run, sliced, row)`` runs after the evaluation, for
+        a benchmark that measures more on the sliced model (its failure is the row's too)."""
         key_budget = str(budget)
         row = {"key": run_key(method.name, key_budget, options), "method": method.name,
                "label": run_label(method.name, options), "options": options, "budget": key_budget,
@@ -255,7 +292,10 @@ class Harness:
             try:
                 row["stage"] = "plan"
                 plan, anatomy = run.plan, run.anatomy
-                row["fits_budget"] = bool(budget.fits(plan, anatomy))
+                bound = budget.bind(anatomy)
+                row["fits_budget"] = bool(bound.fits(plan))
+                row["on_budget"] = bool(bound.on_budget(plan))
+                row["fill"] = round(bound.fill(plan), 4) if budget.kind != "shape" else None
                 summary = plan.summary(anatomy)
                 row.update(layers=summary["layers"], uniform=summary["uniform"],
                            macs_per_token=summary["macs_per_token"],
@@ -277,6 +317,8 @@ class Harness:
                            parameters_ratio=round(total / dense["parameters"], 4),
                            non_embedding_ratio=round(nonembed / dense["non_embedding_parameters"], 4))
                 self.evaluate(sliced, row)
+                if on_sliced is not None:
+                    on_sliced(run, sliced, row)
             except Exception as exc:  # noqa: BLE001 - recorded in the row; the other runs go on
                 error = _error(row.get("stage", "?"), exc)
         row.pop("stage", None)
@@ -476,10 +518,27 @@ def _check_sources(args, eval_sources: list[str]) -> None:
         check_unseen(seen, spec, args.allow_eval_on_calibration)
 
 
-def run(args, log) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    methods = split_list(args.methods)
+@dataclass
+class Job:
+    """One method at one budget with its options, checked by ``preflight`` before the model loads."""
+
+    method: Any
+    budget: Budget
+    options: dict
+    config: PruningConfig
+
+    @property
+    def key(self) -> str:
+        return run_key(self.method.name, str(self.budget), self.options)
+
+    @property
+    def name(self) -> str:
+        return f"{run_label(self.method.name, self.options)} @ {self.budget}"
+
+
+def plan_jobs(args, methods: list[str], options: dict[str, dict]) -> tuple[list[str], list[Job]]:
+    """Everything that can be checked without the model, before any heavy work: the budgets, the
+    held-out sources, every method's options (``preflight``). Returns (eval sources, jobs by budget)."""
     budgets = [Budget.parse(b) for b in split_list(args.budgets)]
     eval_sources = split_list(args.eval_sources)
     if not methods or not budgets or not eval_sources:
@@ -487,17 +546,13 @@ def run(args, log) -> int:
                           "e.g. --methods uniform-magnitude --budgets 0.5 --eval-sources sotu:validation")
     if len(set(eval_sources)) != len(eval_sources):
         raise AmoebaError("--eval-sources names a source twice", "list each source once")
+    if args.eval_windows < 0 or args.eval_seq_len < 2:
+        raise AmoebaError("--eval-windows must be >= 0 and --eval-seq-len >= 2", "pass sensible sizes")
     args.calibration = None if str(args.calibration).strip().lower() in ("", "none", "off") else args.calibration
-    options = parse_method_options(args.method_options)
-    stray = sorted(set(options) - set(methods))
-    if stray:
-        raise AmoebaError(f"--method-options for {', '.join(stray)}, which --methods does not list",
-                          "add the method to --methods or drop its options")
-    # everything that can be checked without the model, before any heavy work
     _check_sources(args, eval_sources)
     for spec in eval_sources:
         resolve_source(spec, purpose="evaluation")
-    jobs = []  # (method, budget, options, config)
+    jobs = []
     for budget in budgets:
         for name in methods:
             config = PruningConfig(method=name, budget=budget, calibration=args.calibration,
@@ -505,8 +560,21 @@ def run(args, log) -> int:
                                    calibration_seq_len=args.calibration_seq_len, seed=args.seed, evaluation=None,
                                    method_options=options.get(name, {}))
             checked = preflight(config)  # builds the method's options: names and values checked
-            jobs.append((checked.method, checked.budget, options.get(name, {}), config))
-    tasks = split_list(args.lm_eval_tasks) if args.lm_eval_tasks else []
+            jobs.append(Job(checked.method, checked.budget, options.get(name, {}), config))
+    return eval_sources, jobs
+
+
+def run_settings(args, eval_sources: list[str], tasks: list[str]) -> dict:
+    """The settings that change the numbers, as given on the command line."""
+    return {"model": args.model, "calibration": args.calibration,
+            "calibration_samples": args.calibration_samples, "calibration_seq_len": args.calibration_seq_len,
+            "seed": args.seed, "eval_sources": eval_sources, "eval_seq_len": args.eval_seq_len,
+            "eval_windows": args.eval_windows, "batch_size": args.batch_size, "lm_eval_tasks": tasks,
+            "lm_eval_limit": args.lm_eval_limit if tasks else None}
+
+
+def start_harness(args, log, tasks: list[str]) -> Harness:
+    """A :class:`Harness` with the lm-eval evaluator looked up (an error at start-up when it is missing)."""
     harness = Harness(args, log)
     if tasks:
         try:
@@ -516,115 +584,143 @@ def run(args, log) -> int:
                               f"registers it (evaluators: {', '.join(sorted(registry('evaluators'))) or 'none'})",
                               "install amoeba-plugin[lm-eval] with the lm-eval integration, or drop --lm-eval-tasks"
                               ) from None
-    if args.eval_windows < 0 or args.eval_seq_len < 2:
-        raise AmoebaError("--eval-windows must be >= 0 and --eval-seq-len >= 2", "pass sensible sizes")
+    return harness
 
-    out: Path = args.out
-    path = out / "results.json"
-    settings = {"model": args.model, "calibration": args.calibration,
-                "calibration_samples": args.calibration_samples, "calibration_seq_len": args.calibration_seq_len,
-                "seed": args.seed, "eval_sources": eval_sources, "eval_seq_len": args.eval_seq_len,
-                "eval_windows": args.eval_windows, "batch_size": args.batch_size, "lm_eval_tasks": tasks,
-                "lm_eval_limit": args.lm_eval_limit if tasks else None}
-    previous = load_results(path, RESULTS_FORMAT, "compare_methods.py")
-    # settings given on the command line are compared now; those measured on the model after loading it
-    _check_resumable(path, previous, settings, args.force)
 
-    out.mkdir(parents=True, exist_ok=True)
-    harness.load()
-    if harness.tokenizer is None:
-        raise AmoebaError(f"{args.model} has no tokenizer, so there is no text to evaluate on",
-                          "pass a model directory that holds its tokenizer")
-    start = time.perf_counter()
-    harness.run_data = RunData(calibration=TextSpec.resolve(args.calibration, "calibration"),
-                               calibration_samples=args.calibration_samples,
-                               calibration_seq_len=args.calibration_seq_len, seed=args.seed)
-    if args.calibration is not None:
-        harness.calibration = harness.run_data.cut_calibration_windows(harness.tokenizer)
-    for spec in eval_sources:
-        harness.windows[spec] = eval_windows(harness.tokenizer, spec, args.eval_seq_len, args.eval_windows or None)
-    log(f"windows: calibration {tuple(harness.calibration.shape) if harness.calibration is not None else 'none'}, "
-        + ", ".join(f"{s} {tuple(w.shape)}" for s, w in harness.windows.items())
-        + f" ({time.perf_counter() - start:.1f}s)")
+class ResultsBook:
+    """``--out``/results.json of a method-run benchmark: its rows by key, rewritten (with the markdown
+    report) after every run, and resumed when started again with the same settings.
 
-    settings.update(dense_checksum=harness.checksum, model_fingerprint=harness.anatomy.fingerprint,
-                    calibration_sha=_sha(harness.calibration) if harness.calibration is not None else None,
-                    eval_sha={s: _sha(w) for s, w in harness.windows.items()},
-                    eval_windows_used={s: int(w.shape[0]) for s, w in harness.windows.items()})
-    rows: dict[str, dict] = {}
-    if previous is not None:
-        if _check_resumable(path, previous, settings, args.force):
-            rows = {r["key"]: r for r in previous.get("rows", [])}
+    ``check`` compares the command-line settings before the model loads; ``open`` the measured ones
+    (checksums of the model and the windows) after, then keeps the earlier rows or, under ``--force``,
+    starts over. ``optional`` names settings that one run may leave unset (None) without making the
+    other's rows unusable (e.g. the recovery settings of a run that only ran training-free)."""
+
+    def __init__(self, args, fmt: str, writer: str, markdown: Callable[[dict], str],
+                 compat: tuple[str, ...] = COMPAT_KEYS, optional: tuple[str, ...] = ()):
+        self.args, self.fmt, self.writer, self.markdown = args, fmt, writer, markdown
+        self.compat, self.optional = compat + optional, optional
+        self.out: Path = args.out
+        self.path = self.out / "results.json"
+        self.previous = load_results(self.path, fmt, writer)
+        self.rows: dict[str, dict] = {}
+        self.data: dict = {}
+
+    def check(self, settings: dict) -> bool:
+        """True when the earlier results were made with ``settings``; an error when they were not
+        (False under ``--force``: start over)."""
+        if self.previous is None:
+            return False
+        old = self.previous.get("settings", {})
+        diff = [k for k in self.compat if k in settings and _comparable(k, old.get(k)) != _comparable(k, settings[k])
+                and not (k in self.optional and (old.get(k) is None or settings[k] is None))]
+        if diff and not self.args.force:
+            raise AmoebaError(f"{self.path} holds results made with other settings ({', '.join(diff)} differ), "
+                              "so they cannot be resumed", "pass another --out, or --force to start over there")
+        return not diff
+
+    def open(self, settings: dict, log) -> None:
+        previous = self.previous
+        if previous is not None:
+            if self.check(settings):
+                self.rows = {r["key"]: r for r in previous.get("rows", [])}
+                for k in self.optional:  # a setting the earlier run had and this one leaves unset
+                    if settings.get(k) is None:
+                        settings[k] = previous.get("settings", {}).get(k)
+            else:
+                log(f"--force: discarding {len(previous.get('rows', []))} row(s) made with other settings")
+                plans = (self.out / "plans").resolve()
+                for row in previous.get("rows", []):
+                    stale = (self.out / str(row.get("plan_file") or "")).resolve()
+                    if stale.parent == plans and stale.suffix == ".json":  # only plan files this script wrote
+                        stale.unlink(missing_ok=True)
+        self.data = {"format": self.fmt, "version": RESULTS_VERSION,
+                     "created": (previous or {}).get("created", _now()),
+                     "command": shlex.join(["python", "-m", f"benchmarks.{Path(self.writer).stem}", *self.args.argv]),
+                     "settings": settings, "machine": machine_info(), "versions": versions(), "rows": []}
+
+    def save(self) -> None:
+        self.data["rows"] = _sorted_rows(list(self.rows.values()))
+        self.data["updated"] = _now()
+        write_json_atomic(self.path, self.data)
+        (self.out / "results.md").write_text(self.markdown(self.data))
+
+    def done(self, key: str) -> bool:
+        """Whether ``key`` is recorded without error (and ``--force`` does not redo it)."""
+        return key in self.rows and self.rows[key].get("status") == "ok" and not self.args.force
+
+    def put(self, row: dict) -> None:
+        self.rows[row["key"]] = row
+        self.save()
+
+    def dense(self, harness: Harness, total: int) -> dict:
+        """The dense row: recorded already, or evaluated now (line 1 of ``total``)."""
+        key = run_key("dense", "params=1", {})
+        if self.done(key):
+            harness.log(f"[1/{total}] dense: already in {self.path}, skipped")
         else:
-            log(f"--force: discarding {len(previous.get('rows', []))} row(s) made with other settings")
-            plans = (out / "plans").resolve()
-            for row in previous.get("rows", []):
-                stale = (out / str(row.get("plan_file") or "")).resolve()
-                if stale.parent == plans and stale.suffix == ".json":  # only plan files this script wrote
-                    stale.unlink(missing_ok=True)
-    data = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "created": (previous or {}).get("created", _now()),
-            "command": shlex.join(["python", "-m", "benchmarks.compare_methods", *args.argv]), "settings": settings,
-            "machine": machine_info(), "versions": versions(), "rows": []}
+            start = time.perf_counter()
+            self.put(harness.dense_row())
+            harness.log(f"[1/{total}] dense: {_progress_line(self.rows[key], harness.sources)} "
+                        f"({time.perf_counter() - start:.1f}s)")
+        return self.rows[key]
 
-    def save() -> None:
-        data["rows"] = _sorted_rows(list(rows.values()))
-        data["updated"] = _now()
-        write_json_atomic(path, data)
-        (out / "results.md").write_text(markdown(data))
 
-    def done(key: str) -> bool:
-        return key in rows and rows[key].get("status") == "ok" and not args.force
+def open_run(args, log, fmt: str, writer: str, markdown: Callable[[dict], str], jobs_of: Callable,
+             extra_settings: dict | None = None, optional: tuple[str, ...] = ()):
+    """The start of a method-run benchmark: check everything (``jobs_of(args)`` returns the eval
+    sources and the jobs), compare with earlier results, load the model, cut the windows once, open
+    the results book. Returns (harness, book, jobs)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    eval_sources, jobs = jobs_of(args)
+    tasks = split_list(args.lm_eval_tasks) if args.lm_eval_tasks else []
+    harness = start_harness(args, log, tasks)
+    book = ResultsBook(args, fmt, writer, markdown, optional=optional)
+    settings = {**run_settings(args, eval_sources, tasks), **(extra_settings or {})}
+    # settings given on the command line are compared now; those measured on the model after loading it
+    book.check(settings)
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings.update(harness.prepare(eval_sources))
+    book.open(settings, log)
+    return harness, book, jobs
 
+
+def run(args, log) -> int:
+    def jobs_of(args):
+        methods = split_list(args.methods)
+        options = parse_method_options(args.method_options)
+        stray = sorted(set(options) - set(methods))
+        if stray:
+            raise AmoebaError(f"--method-options for {', '.join(stray)}, which --methods does not list",
+                              "add the method to --methods or drop its options")
+        return plan_jobs(args, methods, options)
+
+    harness, book, jobs = open_run(args, log, RESULTS_FORMAT, "compare_methods.py", markdown, jobs_of)
     total = len(jobs) + 1
-    failed = 0
-    dense_key = run_key("dense", "params=1", {})
-    if done(dense_key):
-        log(f"[1/{total}] dense: already in {path}, skipped")
-    else:
-        start = time.perf_counter()
-        rows[dense_key] = harness.dense_row()
-        log(f"[1/{total}] dense: {_progress_line(rows[dense_key], eval_sources)} ({time.perf_counter() - start:.1f}s)")
-        save()
-    dense = rows[dense_key]
-    failed += dense["status"] != "ok"  # its parameter and MAC counts are still there for the ratios
-    for i, (method, budget, opts, config) in enumerate(jobs, start=2):
-        key = run_key(method.name, str(budget), opts)
-        name = f"{run_label(method.name, opts)} @ {budget}"
-        if done(key):
-            log(f"[{i}/{total}] {name}: already in {path}, skipped")
+    dense = book.dense(harness, total)
+    failed = int(dense["status"] != "ok")  # its parameter and MAC counts are still there for the ratios
+    for i, job in enumerate(jobs, start=2):
+        if book.done(job.key):
+            log(f"[{i}/{total}] {job.name}: already in {book.path}, skipped")
             continue
         start = time.perf_counter()
-        row = harness.prune_row(method, budget, opts, dense, config)
-        rows[key] = row
+        row = harness.prune_row(job.method, job.budget, job.options, dense, job.config)
+        book.put(row)
         failed += row["status"] != "ok"
-        log(f"[{i}/{total}] {name}: {_progress_line(row, eval_sources)} ({time.perf_counter() - start:.1f}s)")
-        save()
-    save()
+        log(f"[{i}/{total}] {job.name}: {_progress_line(row, harness.sources)} ({time.perf_counter() - start:.1f}s)")
+    book.save()
     if not args.no_plot:
-        plot(data, out / "quality_vs_params.png")
-    print(markdown(data), end="")
-    log(f"wrote {path}, {out / 'results.md'}" + ("" if args.no_plot else f", {out / 'quality_vs_params.png'}"))
+        plot(book.data, args.out / "quality_vs_params.png")
+    print(markdown(book.data), end="")
+    log(f"wrote {book.path}, {args.out / 'results.md'}" + ("" if args.no_plot else f", {args.out / 'quality_vs_params.png'}"))
     return 1 if failed else 0
-
-
-def _check_resumable(path: Path, previous: dict | None, settings: dict, force: bool) -> bool:
-    """True when ``previous`` results were made with ``settings`` (those of COMPAT_KEYS present in
-    ``settings``); otherwise an error, or False under ``--force`` (start over)."""
-    if previous is None:
-        return False
-    old = previous.get("settings", {})
-    diff = [k for k in COMPAT_KEYS if k in settings and _comparable(k, old.get(k)) != _comparable(k, settings[k])]
-    if diff and not force:
-        raise AmoebaError(f"{path} holds results made with other settings ({', '.join(diff)} differ), "
-                          "so they cannot be resumed", "pass another --out, or --force to start over there")
-    return not diff
 
 
 def _comparable(key: str, value):
     """A setting as compared for resuming: JSON round-tripped, the source list order-free."""
     value = json.loads(json.dumps(_jsonable(value)))
     return sorted(value) if key == "eval_sources" and isinstance(value, list) else value
-
 
 def _progress_line(row: dict, sources: list[str]) -> str:
     parts = []
@@ -643,24 +739,30 @@ def _progress_line(row: dict, sources: list[str]) -> str:
     return "; ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
+def cli_main(argv: list[str] | None, parser: argparse.ArgumentParser, run: Callable, tag: str, name: str) -> int:
+    """A method-run benchmark's ``main``: parse ``argv``, ``run(args, log)`` with progress lines
+    ``[tag] ...`` on stderr (none under ``--quiet``); a start-up error is one line and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return int(exc.code or 0)
     args.argv = argv
 
     def log(message: str) -> None:
         if not args.quiet:
-            print(f"[compare] {message}", file=sys.stderr, flush=True)
+            print(f"[{tag}] {message}", file=sys.stderr, flush=True)
 
     try:
         with restored_settings(args.quiet):
             return run(args, log)
     except AmoebaError as exc:
-        print(f"compare_methods: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(argv, build_parser(), run, "compare", "compare_methods")
 
 
 if __name__ == "__main__":

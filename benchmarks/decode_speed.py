@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,16 +20,7 @@ from transformers import AutoModelForCausalLM
 
 import amoeba_plugin  # noqa: F401  (registers the amoeba architecture for heterogeneous exports)
 from amoeba_plugin.api import AmoebaPruner, PruningConfig
-from benchmarks.harness import parse_method_options
-
-def decode_tokens_per_s(model, prompt: torch.Tensor, new_tokens: int) -> float:
-    with torch.inference_mode():
-        start = time.perf_counter()
-        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-        elapsed = time.perf_counter() - start
-    assert out.shape[1] - prompt.shape[1] == new_tokens
-    return new_tokens / elapsed
+from benchmarks.harness import decode_speeds, parse_method_options
 
 
 def main() -> None:
@@ -67,20 +56,14 @@ def main() -> None:
                 name = f"{method}@{b}"
                 models[name] = AutoModelForCausalLM.from_pretrained(out.export_path).eval()
                 params[name] = sum(p.numel() for p in models[name].parameters())
-        for m in models.values():  # warm-up
-            decode_tokens_per_s(m, prompt, 8)
-        rates: dict[str, list[float]] = {k: [] for k in models}
-        for _ in range(args.repeats):
-            for name, m in models.items():
-                rates[name].append(decode_tokens_per_s(m, prompt, args.new_tokens))
-    dense_rate = statistics.median(rates["dense"])
+        speeds = decode_speeds(models, prompt, args.new_tokens, args.repeats)
+    dense_rate = speeds["dense"]["tokens_per_s"]
     rows = []
     print(f"| model | parameters | decode tokens/s (median of {args.repeats}) | speed-up vs dense |")
     print("|---|---|---|---|")
     for name in models:
-        med = statistics.median(rates[name])
-        rows.append({"model": name, "parameters": params[name], "tokens_per_s": round(med, 1),
-                     "all_runs": [round(r, 1) for r in rates[name]], "speedup": round(med / dense_rate, 3),
+        med = speeds[name]["tokens_per_s"]
+        rows.append({"model": name, "parameters": params[name], **speeds[name], "speedup": round(med / dense_rate, 3),
                      "param_ratio": round(params[name] / params["dense"], 4)})
         print(f"| {name} | {params[name]:,} ({rows[-1]['param_ratio']:.0%}) | {med:.1f} | {med / dense_rate:.2f}x |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

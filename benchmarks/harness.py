@@ -2,8 +2,9 @@
 :func:`open_results`, :func:`load_results`, :func:`write_json_atomic`), a benchmark's ``main``
 (:func:`run_benchmark`, :func:`restored_settings`), peak resident memory (:class:`PeakRSS` over
 ``/proc``), what to record beside the numbers (:func:`machine_info`, :func:`versions`), checks on a
-shared model (:func:`state_checksum`, :func:`hook_count`, :func:`parameter_counts`) and argument
-parsing (:func:`split_list`, :func:`parse_method_options`).
+shared model (:func:`state_checksum`, :func:`hook_count`, :func:`parameter_counts`), decode speed
+(:func:`decode_tokens_per_s`, :func:`decode_speeds`, :func:`export_and_reload`) and argument parsing
+(:func:`split_list`, :func:`parse_method_options`).
 
 Benchmarks run as modules from the repository root (``python -m benchmarks.NAME``) and import
 this one as ``benchmarks.harness``.
@@ -19,9 +20,11 @@ import math
 import os
 import platform
 import re
+import statistics
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,6 +149,49 @@ def parameter_counts(model) -> tuple[int, int]:
             embedding[id(module.weight)] = module.weight.numel()
     total = sum(params.values())
     return total, total - sum(v for k, v in embedding.items() if k in params)
+
+
+# ---------------------------------------------------------------------- decode speed
+def decode_tokens_per_s(model, prompt: torch.Tensor, new_tokens: int) -> float:
+    """Greedy decoding speed (batch 1, KV cache): ``new_tokens`` tokens after ``prompt`` ``[1, T]``."""
+    with torch.inference_mode():
+        start = time.perf_counter()
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        elapsed = time.perf_counter() - start
+    assert out.shape[1] - prompt.shape[1] == new_tokens
+    return new_tokens / elapsed
+
+
+def decode_speeds(models: Mapping[str, torch.nn.Module], prompt: torch.Tensor, new_tokens: int,
+                  repeats: int) -> dict[str, dict]:
+    """Decode tokens/s of every model, measured side by side: one short warm-up each, then ``repeats``
+    interleaved rounds (so a machine that gets busier slows every model alike). Per model: the median
+    (``tokens_per_s``) and every round (``all_runs``)."""
+    for model in models.values():
+        decode_tokens_per_s(model, prompt, min(8, new_tokens))
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            rates[name].append(decode_tokens_per_s(model, prompt, new_tokens))
+    return {name: {"tokens_per_s": round(statistics.median(r), 2), "all_runs": [round(x, 2) for x in r]}
+            for name, r in rates.items()}
+
+
+def export_and_reload(request, directory: Path, exporter: str = "auto"):
+    """Export ``request`` (an :class:`~amoeba_plugin.export.ExportRequest`) to ``directory`` with
+    ``exporter`` and load it back with stock ``AutoModelForCausalLM.from_pretrained``, as a user
+    would: (the reloaded model in eval mode, its architecture, the export's size in MiB)."""
+    from transformers import AutoModelForCausalLM
+
+    import amoeba_plugin  # noqa: F401  (registers the amoeba architecture for heterogeneous exports)
+    from amoeba_plugin.export import export
+
+    path = Path(export(exporter, request, directory))
+    info = json.loads((path / "amoeba_export.json").read_text())
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    return model, info.get("architecture"), round(size / 2 ** 20, 2)
 
 
 # ---------------------------------------------------------------------- arguments

@@ -52,3 +52,30 @@ def test_bind_counts_once(tiny_llama):
     assert bound.costs.layers[0].mlp_channel == 3 * a.hidden_size
     half = Plan([LayerPlan(0), LayerPlan(1)], source=full.source)
     assert bound.fits(half) and not bound.fits(full)
+
+
+def test_fill_and_on_budget(tiny_llama):
+    """fill = measured / target; on budget within FILL_TOLERANCE below the target, never above."""
+    from amoeba_plugin.budget import FILL_TOLERANCE
+
+    a = anatomy_of(tiny_llama)
+    full = Plan.full(a)
+    half = Plan([LayerPlan(0), LayerPlan(1)], source=full.source)
+    measured = full.num_parameters(a)
+    assert FILL_TOLERANCE == 0.02
+    at_full = Budget.parse("1").bind(a)
+    assert at_full.fill(full) == 1.0 and at_full.on_budget(full)
+    assert at_full.fill(a) == 1.0  # an anatomy counts as its full plan
+    over = Budget("count", measured - 1).bind(a)
+    assert over.fill(full) > 1 and not over.on_budget(full)  # above the budget: never on budget
+    just_below = Budget("count", int(measured / 0.99)).bind(a)
+    assert 0.98 <= just_below.fill(full) <= 1 and just_below.on_budget(full)
+    far_below = Budget("count", int(measured / 0.9)).bind(a)
+    assert far_below.fill(full) < 1 - FILL_TOLERANCE and not far_below.on_budget(full)
+    assert far_below.on_budget(full, tolerance=0.15)
+    half_cost = half.num_parameters(a, embeddings=False)
+    nonembed = Budget.parse("nonembed=0.5").bind(a)
+    assert nonembed.fill(half) == pytest.approx(half_cost / (0.5 * nonembed.full))
+    assert Budget.parse("shape=layers:2").bind(a).on_budget(half)
+    with pytest.raises(InvalidBudgetError):
+        Budget.parse("shape=layers:2").bind(a).fill(half)
