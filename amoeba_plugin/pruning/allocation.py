@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from ..anatomy import Anatomy
-from ..budget import Budget
+from ..budget import FILL_TOLERANCE, Budget
 from ..errors import InvalidBudgetError
 from ..plan import LayerPlan, Plan, source_info
 
@@ -291,14 +291,11 @@ def _removed_units(plan: Plan, anatomy: Anatomy) -> set[tuple[int, str, int]]:
 
 def fill_ratio(budget: Budget, anatomy: Anatomy, plan: Plan) -> float:
     """``plan``'s cost over ``budget``'s target (1.0: exactly at the budget; a plan is on budget in
-    ``[1 - FILL_TOLERANCE, 1]``)."""
-    bound = budget.bind(anatomy)
-    return bound.measure(plan) / bound.target
+    ``[1 - FILL_TOLERANCE, 1]``); :meth:`BoundBudget.fill <amoeba_plugin.budget.BoundBudget.fill>`."""
+    return budget.bind(anatomy).fill(plan)
 
 
 #: how far below its budget a plan may land and still count as on budget (fraction of the target);
-#: the same value as ``amoeba_plugin.budget.FILL_TOLERANCE`` where that exists
-FILL_TOLERANCE = 0.02
 
 
 __all__ = ["FILL_TOLERANCE", "fill_ratio", "global_width", "protected_layers", "standardize", "standardized_unit_scores", "suggest_budget", "top_indices", "uniform_plan", "uniform_width",
