@@ -131,7 +131,8 @@ def test_option_values_are_checked_before_the_model_loads():
 def test_flap_export_reloads_with_identical_logits(pruner, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    out = pruner.prune(PruningConfig(method="flap", budget="0.7", **DATA), save_directory=tmp_path / "flap")
+    out = pruner.prune(PruningConfig(method="flap", budget="0.7", export_dtype="float32", **DATA),
+                       save_directory=tmp_path / "flap")  # float32: exact (the default keeps the source fp16)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "flap").eval()
     ids = torch.randint(0, 8192, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

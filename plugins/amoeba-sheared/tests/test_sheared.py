@@ -516,7 +516,7 @@ def test_method_in_the_common_prune_api(tmp_path):
     pruner = AmoebaPruner.from_pretrained(EMBEDDED)
     before = {k: v.clone() for k, v in pruner.model.state_dict().items()}
     config = PruningConfig(method="sheared", budget="nonembed=0.5", calibration_samples=8, calibration_seq_len=64,
-                           method_options={"steps": 2, "batch_size": 2})
+                           method_options={"steps": 2, "batch_size": 2}, export_dtype="float32")
     out = pruner.prune(config, save_directory=tmp_path / "m")
     assert out.summary["fits_budget"] and out.summary["uniform"]
     assert all(torch.equal(before[k], v) for k, v in pruner.model.state_dict().items())  # the shared model is untouched
