@@ -224,7 +224,18 @@ def register_plugin() -> Iterator[Callable[[Any, str], Any]]:
             plugins.unregister_plugin(name)
 
 
+
+def assert_one_error_line(result, *fragments: str) -> str:
+    """A click ``result`` of bad input: exit status 2, exactly one ``error: ... Fix: ...`` line on
+    stderr holding every fragment, no traceback. Returns that line."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Fix:" in lines[0] and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
 __all__ = [
-    "COMMON", "EMBEDDED", "FAMILIES", "WORDS", "assert_soft_equals_sliced", "embedded_tokenizer", "make_tiny",
+    "COMMON", "EMBEDDED", "FAMILIES", "WORDS", "assert_one_error_line", "assert_soft_equals_sliced", "embedded_tokenizer", "make_tiny",
     "registered_plugin", "run_killed", "save_tiny", "text_windows", "tiny_tokenizer", "token_ids",
 ]

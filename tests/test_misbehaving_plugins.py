@@ -18,6 +18,7 @@ from amoeba_plugin.cli.main import cli
 from amoeba_plugin.methods import Method, PruneResult, PruningContext
 from amoeba_plugin.plan import LayerPlan, Plan
 from amoeba_plugin.testing import make_tiny, save_tiny
+from amoeba_plugin.testing import assert_one_error_line
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,13 +35,9 @@ def tiny_dir(tmp_path_factory):
 
 
 def _one_error_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output and "pluggy" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+    line = assert_one_error_line(result, *fragments)
+    assert "pluggy" not in result.output
+    return line
 
 
 class _RaisesOnPlan:

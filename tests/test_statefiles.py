@@ -19,19 +19,11 @@ from amoeba_plugin.statefiles import (
     read_torch,
 )
 from amoeba_plugin.testing import save_tiny
+from amoeba_plugin.testing import assert_one_error_line
 
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Fix:" in lines[0] and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 # ---------------------------------------------------------------------- JSON and JSON lines
@@ -136,7 +128,7 @@ def test_commands_that_write_check_the_output_before_loading(tiny_dir, tmp_path,
     blocker = _write(tmp_path / "afile", "x")
     args = [a if a != "PLAN" else plan for a in command]
     result = run(args[0], tiny_dir, *args[1:], "--output", blocker / "out")
-    one_error_line(result, "afile is a file, not a directory", "Fix:")
+    assert_one_error_line(result, "afile is a file, not a directory", "Fix:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "plan.json"]
 
 

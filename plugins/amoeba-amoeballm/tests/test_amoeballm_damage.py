@@ -15,6 +15,7 @@ from amoeba_plugin.api import get_calibration_dataset
 from amoeba_plugin.cli.main import cli
 from amoeba_plugin.errors import AmoebaError, CorruptFileError, ModelNotFoundError
 from amoeba_plugin.models import load_model
+from amoeba_plugin.testing import assert_one_error_line
 
 EMBEDDED = "amoeba-tiny-sotu"
 SMOL = SMoLConfig(num_experts=2, rank=2, top_k=1)
@@ -46,14 +47,6 @@ def _copy(source, tmp_path, base=None):
     return path
 
 
-def _one_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Fix:" in lines[0] and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("name, content, match", [
     ("amoeba_bundle.json", '{"format": "amoeba-amoeballm-bun', "bundle manifest .* is damaged"),
     ("selection.json", "", "bundle selection table .* is damaged .*empty"),
@@ -65,7 +58,7 @@ def test_a_damaged_bundle_names_the_file_and_how_to_recreate_it(checkpointed, tm
     with pytest.raises(AmoebaError, match=match) as err:
         Bundle.load(path)
     assert "amoeba amoeballm select" in err.value.fix
-    _one_line(CliRunner().invoke(cli, ["amoeballm", "shapes", str(path)]), name)
+    assert_one_error_line(CliRunner().invoke(cli, ["amoeballm", "shapes", str(path)]), name)
 
 
 def test_a_bundle_whose_base_model_is_gone_names_the_bundle(checkpointed, tmp_path):
@@ -110,9 +103,9 @@ def test_select_checks_its_output_and_calibration_before_loading(tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     run = lambda *a: CliRunner().invoke(cli, [str(x) for x in a])  # noqa: E731
-    _one_line(run("amoeballm", "select", str(tmp_path / "no-model"), "--output", blocker / "bundle"),
+    assert_one_error_line(run("amoeballm", "select", str(tmp_path / "no-model"), "--output", blocker / "bundle"),
               "afile is a file, not a directory")
-    _one_line(run("amoeballm", "select", str(tmp_path / "no-model"), "--output", tmp_path / "b", "--calibration",
+    assert_one_error_line(run("amoeballm", "select", str(tmp_path / "no-model"), "--output", tmp_path / "b", "--calibration",
                   "nosuch:train"), "nosuch")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 

@@ -25,17 +25,6 @@ from amoeba_searchllm.space import CostModel, SearchSpace, preset_ranges
 # tiny models: 4 layers, hidden 64, 8 query heads in 2 KV groups, head_dim 8 (4 RoPE pairs), MLP 96
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    model = make_tiny("llama")
-    return model, anatomy_of(model)
-
-
-@pytest.fixture(scope="module")
-def windows():
-    return torch.randint(0, 128, (12, 24), generator=torch.Generator().manual_seed(0))
-
-
 def _space(anatomy, min_depth=3, keep_last=1):
     return SearchSpace.build(anatomy, (0.25, 1.0), (0.1, 1.0), min_depth, keep_last=keep_last)
 

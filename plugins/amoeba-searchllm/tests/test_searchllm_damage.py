@@ -15,6 +15,7 @@ from amoeba_plugin.errors import AmoebaError, CorruptFileError, UnknownNameError
 from amoeba_plugin.methods import PruningContext
 from amoeba_plugin.plugins import get
 from amoeba_plugin.testing import make_tiny
+from amoeba_plugin.testing import assert_one_error_line
 from amoeba_searchllm.search import LOG, STATE
 
 OPTIONS = {"preset": "smoke", "generations": 1, "fitness_windows": 4, "fitness": "loss", "tolerance": 0.1}
@@ -36,14 +37,6 @@ def work(tmp_path_factory):
 def _config(work, budget="0.7", **changes):
     return PruningConfig(method="searchllm", budget=budget,
                          method_options={**OPTIONS, "checkpoint_dir": str(work), **changes})
-
-
-def _one_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Fix:" in lines[0] and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_a_resume_with_the_same_settings_passes_preflight_and_other_settings_do_not(work):
@@ -99,7 +92,7 @@ def test_show_on_an_empty_or_damaged_log_is_one_line(work, tmp_path):
         (folder / LOG).write_text(log)
         if state is not None:
             (folder / STATE).write_text(state)
-        _one_line(run(folder), fragment)
+        assert_one_error_line(run(folder), fragment)
     torn = tmp_path / "torn"
     torn.mkdir()
     (torn / LOG).write_text((work / LOG).read_text() + '{"generation": 2, "eval')

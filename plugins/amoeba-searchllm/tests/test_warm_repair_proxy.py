@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import amoeba_plugin  # noqa: F401
-from amoeba_plugin.anatomy import anatomy_of
 from amoeba_plugin.budget import Budget
 from amoeba_plugin.calibration import SITES, collect_statistics
 from amoeba_plugin.errors import AmoebaError
@@ -13,7 +12,7 @@ from amoeba_plugin.methods import PruningContext
 from amoeba_plugin.plan import LayerPlan, Plan, source_info
 from amoeba_plugin.plugins import get
 from amoeba_plugin.pruning.reformation import output_error, reformation_patch, with_intercept
-from amoeba_plugin.testing import assert_soft_equals_sliced, make_tiny
+from amoeba_plugin.testing import assert_soft_equals_sliced
 from amoeba_searchllm.init import budget_space, initial_candidate, unit_saliency
 from amoeba_searchllm.operators import Rates, Variation
 from amoeba_searchllm.proxy import ReformProxy, augmented_gram, refit_with_bias
@@ -21,17 +20,6 @@ from amoeba_searchllm.repair import repair
 from amoeba_searchllm.warm import candidate_from_plan, flap_plan
 
 # tiny models: 4 layers, hidden 64, 8 query heads in 2 KV groups, head_dim 8 (4 RoPE pairs), MLP 96
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model = make_tiny("llama")
-    return model, anatomy_of(model)
-
-
-@pytest.fixture(scope="module")
-def windows():
-    return torch.randint(0, 128, (12, 24), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
