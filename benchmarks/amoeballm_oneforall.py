@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-samples", type=int, default=32)
     p.add_argument("--eval-windows", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="where the per-subnet and baseline LoRA runs train (cpu, cuda); "
+                   "the one-for-all runs train where accelerate puts them")
+    p.add_argument("--no-ablations", action="store_true",
+                   help="only the one-for-all SMoL run against its baselines (no shared-LoRA, no-balancing, "
+                        "official-draw or dense-shape-only runs)")
     p.add_argument("--out", default=str(HERE / "results" / "amoeballm_oneforall_tiny"))
     return p
 
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     budgets = [float(b) for b in args.budgets.split(",")]
     widths = tuple(float(w) for w in args.widths.split(","))
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads", "device", "no_ablations")}
     results = EntryCache(out / "results.json", {"settings": settings, "machine": machine_info(),
                                               "torch_threads": torch.get_num_threads()}, hide=("shape_rows",))
 
@@ -106,6 +111,8 @@ def main(argv=None) -> int:
     smol = SMoLConfig(num_experts=args.experts, rank=args.rank, top_k=2)
     runs = {"smol": smol, "plain_lora": SMoLConfig(num_experts=1, rank=args.rank, top_k=1),
             "smol_no_balancing": smol, "smol_official_draw": smol}
+    if args.no_ablations:
+        runs = {"smol": smol}
     bundles = {}
     for name, smol in runs.items():
         path = out / "bundles" / name
@@ -126,19 +133,22 @@ def main(argv=None) -> int:
     # SMoL trained on the dense shape alone (no sandwich) against plain LoRA on the dense model: tells
     # the trainer's own effect apart from the cost of sharing one adapter across shapes
     dense_only = out / "bundles" / "dense_only"
-    if not (dense_only / "amoeba_bundle.json").exists():
+    if args.no_ablations:
+        pass
+    elif not (dense_only / "amoeba_bundle.json").exists():
         windows = get_calibration_dataset(tokenizer, "sotu:train", 2, 32, 0)
         table, report = run_selection(model, tokenizer, anatomy, windows,
                                       SelectionConfig(min_layers=anatomy.num_layers, widths=(1.0,)),
                                       show_progress=False)
         write_bundle(dense_only, args.model, anatomy, table, report)
-    if not Bundle.load(dense_only).trained:
-        print(f"SMoL on the dense shape only ({args.steps} steps)", flush=True)
-        train_bundle(dense_only, train, smol)
-    full = f"{anatomy.num_layers}x1"
-    results.get(f"{full}/smol_dense_shape_only", lambda: measured(extract(dense_only, shape=full).model))
-    results.get(f"{full}/lora_dense", lambda: measured(lora_finetune(copy.deepcopy(model), tokenizer, train,
-                                                                       rank=args.rank)))
+    if not args.no_ablations:
+        if not Bundle.load(dense_only).trained:
+            print(f"SMoL on the dense shape only ({args.steps} steps)", flush=True)
+            train_bundle(dense_only, train, smol)
+        full = f"{anatomy.num_layers}x1"
+        results.get(f"{full}/smol_dense_shape_only", lambda: measured(extract(dense_only, shape=full).model))
+        results.get(f"{full}/lora_dense", lambda: measured(lora_finetune(copy.deepcopy(model).to(args.device),
+                                                                           tokenizer, train, rank=args.rank)))
 
     # ------------------------------------------------------------------ per budget
     for budget_value in budgets:
@@ -156,7 +166,7 @@ def main(argv=None) -> int:
             results.get(f"{shape}/oneforall_{name}", lambda bundle=bundle: measured(
                 extract(bundle.path, shape=shape).model))
         results.get(f"{shape}/per_subnet_lora", lambda: measured(
-            lora_finetune(extract(selected, shape=shape).model, tokenizer, train, rank=args.rank)))
+            lora_finetune(extract(selected, shape=shape).model.to(args.device), tokenizer, train, rank=args.rank)))
         # the baselines get the ratio the chosen shape actually reached (at most the budget), so no
         # row has more parameters than the AmoebaLLM subnet it is compared with
         reached = bundles["smol"].table.plan(choice.shape, anatomy).summary(anatomy)["non_embedding_ratio"]
@@ -169,7 +179,7 @@ def main(argv=None) -> int:
                                                   calibration_seq_len=args.seq_len)).model
             results.get(f"{baseline_budget}/{method}", lambda: measured(pruned()))
             results.get(f"{baseline_budget}/{method}_lora",
-                        lambda: measured(lora_finetune(pruned(), tokenizer, train, rank=args.rank)))
+                        lambda: measured(lora_finetune(pruned().to(args.device), tokenizer, train, rank=args.rank)))
 
         # extraction time and decode speed against the dense model, in this process
         def speed():

@@ -106,6 +106,9 @@ def build_parser(description: str = __doc__.splitlines()[0], *, methods: str = "
     ap.add_argument("--lm-eval-limit", type=int, default=None, help="examples per lm-eval task")
     ap.add_argument("--lm-eval-evaluator", default="lm-eval", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu",
+                    help="where the methods run and every model is evaluated (cpu, cuda, cuda:1, ...); the "
+                         "dense model is checksummed on the CPU first, so results resume across devices")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / out)
     ap.add_argument("--force", action="store_true", help="redo runs already recorded in --out")
     ap.add_argument("--no-plot", action="store_true", help=f"skip {plot}")
@@ -149,12 +152,14 @@ class Harness:
         self.hooks = 0
         self.lm_eval = None
         self.tasks = split_list(args.lm_eval_tasks) if args.lm_eval_tasks else []
+        self.device = _device(getattr(args, "device", "cpu"))
 
     def load(self) -> None:
         start = time.perf_counter()
         self.model, self.tokenizer = load_model(self.args.model)
         self.anatomy = anatomy_of(self.model)
         self.checksum = state_checksum(self.model)
+        self.model.to(self.device)
         self.hooks = hook_count(self.model)
         self.log(f"loaded {self.args.model} ({parameter_counts(self.model)[0]:,} parameters) "
                  f"in {time.perf_counter() - start:.1f}s")
@@ -193,6 +198,7 @@ class Harness:
         if checksum != self.checksum:
             raise AmoebaError(f"reloading {self.args.model} gave different weights than at start-up",
                               "the model files changed during the benchmark: start again")
+        self.model.to(self.device)
         self.hooks = hook_count(self.model)
 
     def evaluate(self, model, row: dict) -> None:
@@ -227,7 +233,7 @@ class Harness:
                "budget": "params=1", "budget_kind": "params", "budget_value": 1.0, "status": "ok",
                "parameters": total, "non_embedding_parameters": nonembed, "parameters_ratio": 1.0,
                "non_embedding_ratio": 1.0, "macs_per_token": full.macs_per_token(self.anatomy), "macs_ratio": 1.0,
-               "fits_budget": True, "layers": self.anatomy.num_layers}
+               "fits_budget": True, "layers": self.anatomy.num_layers, "device": str(self.device)}
         try:
             self.evaluate(self.model, row)
         except Exception as exc:  # noqa: BLE001 - recorded in the row; the other runs go on
@@ -244,7 +250,7 @@ class Harness:
         row = {"key": run_key(method.name, key_budget, options), "method": method.name,
                "label": run_label(method.name, options), "options": options, "budget": key_budget,
                "budget_kind": budget.kind, "budget_value": _budget_value(budget, dense),
-               "status": "ok", **_method_origin(method.name)}
+               "status": "ok", "device": str(self.device), **_method_origin(method.name)}
         calibration = self.calibration
 
         def provide_calibration():
@@ -345,6 +351,17 @@ class Harness:
             self.reload()
         self.model.eval()
         return message
+
+
+def _device(name: str) -> torch.device:
+    """``--device`` checked before anything loads: one line when it names no device this machine has."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise AmoebaError(f"--device {name!r} is not a device ({exc})", "use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AmoebaError(f"--device {name} asks for CUDA, which this machine does not have", "use --device cpu")
+    return device
 
 
 def _budget_value(budget: Budget, dense: dict) -> float | None:

@@ -154,10 +154,15 @@ def parameter_counts(model) -> tuple[int, int]:
 # ---------------------------------------------------------------------- decode speed
 def decode_tokens_per_s(model, prompt: torch.Tensor, new_tokens: int) -> float:
     """Greedy decoding speed (batch 1, KV cache): ``new_tokens`` tokens after ``prompt`` ``[1, T]``."""
+    cuda = prompt.device.type == "cuda"
     with torch.inference_mode():
+        if cuda:
+            torch.cuda.synchronize(prompt.device)
         start = time.perf_counter()
         out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
                              min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        if cuda:  # kernels run asynchronously: wait for the last one before reading the clock
+            torch.cuda.synchronize(prompt.device)
         elapsed = time.perf_counter() - start
     assert out.shape[1] - prompt.shape[1] == new_tokens
     return new_tokens / elapsed

@@ -120,7 +120,7 @@ class Board:
     def __init__(self, harness, args, recovery):
         self.harness, self.args, self.recovery = harness, args, recovery
         first = next(iter(harness.windows.values()))
-        self.prompt = first[:1, : args.prompt_tokens].clone()
+        self.prompt = first[:1, : args.prompt_tokens].clone().to(harness.device)
 
     def decode(self, run, sliced, row: dict) -> None:
         """Export the plan, reload it as a user would and time greedy decoding against the dense
@@ -134,6 +134,7 @@ class Board:
         try:
             with tempfile.TemporaryDirectory(prefix="leaderboard-") as tmp:
                 model, architecture, mib = export_and_reload(request, Path(tmp) / "export")
+                model.to(self.harness.device)  # timed where the dense model runs
                 speeds = decode_speeds({"dense": self.harness.model, "export": model}, self.prompt,
                                        self.args.decode_tokens, self.args.decode_repeats)
                 del model
@@ -334,6 +335,10 @@ def markdown(data: dict) -> str:
              "the dense model timed alongside it. ◀ best: lowest geo-mean among the on-budget rows (where two "
              "or more rows ran). "
              "Wall times and speeds are measured under load unless the machine was idle."]
+    devices = sorted({str(r.get("device", "cpu")) for r in rows})
+    if devices != ["cpu"]:
+        lines += ["", f"Methods ran and models were evaluated on: {', '.join(devices)} (per row: `device` in "
+                  "results.json); recovery runs wherever accelerate puts it."]
     if settings.get("recovery"):
         recovery = ", ".join(f"{k}={v}" for k, v in settings["recovery"].items() if v is not None)
         lines += ["", f"Recovery (regime `recovered`): {recovery}; teacher: the dense model."]

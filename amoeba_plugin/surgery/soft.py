@@ -98,10 +98,12 @@ def apply_soft(model, anatomy: Anatomy, plan: Plan, patch: dict | None = None) -
         if w is None:  # a new bias only: add the difference, so whatever the module computes (a peft
             # wrapper's base + adapters, say) is kept
             old = getattr(module, "bias", None)
+            b = b.to(like.device)  # a patch read from disk sits on the CPU; the model may not
             delta = b.detach() if old is None else (b - old).detach()
             handle._hook(module.register_forward_hook(_bias_delta(delta)))
         else:
-            handle._hook(module.register_forward_hook(_patched_linear(w, b)))
+            handle._hook(module.register_forward_hook(_patched_linear(
+                w.to(like.device), None if b is None else b.to(like.device))))
     hidden_mask = None
     if plan.hidden_channels is not None:
         hidden_mask = mask(anatomy.hidden_size, r.hidden_channels, like)

@@ -393,10 +393,11 @@ def lora_finetune(model, tokenizer, config: TrainConfig, rank: int = 8, alpha: f
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     batches = WindowBatches(training_windows(tokenizer, config), config.batch_size, config.grad_accum, 1, config.seed)
     adapter.train()
+    device = next(model.parameters()).device  # trains where the model is
     for step in range(config.steps):
         torch.manual_seed(config.seed * 1_000_003 + step * 101)
         for micro in range(config.grad_accum):
-            batch = batches.get(step, micro, 0)
+            batch = batches.get(step, micro, 0).to(device)
             loss = causal_lm_loss(adapter.model(input_ids=batch, use_cache=False).logits, batch)
             (loss / config.grad_accum).backward()
         if config.max_grad_norm:

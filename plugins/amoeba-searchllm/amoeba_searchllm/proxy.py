@@ -29,7 +29,7 @@ def augmented_gram(stats) -> torch.Tensor:
     """``[[X Xᵀ, Σx], [Σxᵀ, n]]``: the Gram matrix of the inputs with a constant 1 appended (the intercept)."""
     g, s, n = stats.gram, stats.sum, stats.count
     d = g.shape[0]
-    out = torch.empty(d + 1, d + 1, dtype=torch.float64)
+    out = torch.empty(d + 1, d + 1, dtype=torch.float64, device=g.device)
     out[:d, :d] = g
     out[:d, d] = s
     out[d, :d] = s
@@ -43,13 +43,14 @@ def refit_with_bias(weight: torch.Tensor, bias: torch.Tensor | None, gram_aug: t
     ``δ = damping · mean(diag H[K, K])`` (the host reformation's damping, the intercept as one more
     kept input that is always 1)."""
     w = weight.detach().to(torch.float64)
-    b0 = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else bias.detach().to(torch.float64)
+    b0 = (torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) if bias is None
+          else bias.detach().to(w.device, torch.float64))
     wa = torch.cat([w, b0[:, None]], 1)
-    h = gram_aug.to(torch.float64)
+    h = gram_aug.to(w.device, torch.float64)  # solved where the weight lives (the statistics may sit on the CPU)
     k = torch.as_tensor(list(kept) + [w.shape[1]], dtype=torch.long)
     hkk = h[k][:, k]
     delta = damping * (float(torch.diagonal(hkk)[:-1].mean()) if len(k) > 1 else 1.0)
-    hkk = hkk + delta * torch.eye(len(k), dtype=h.dtype)
+    hkk = hkk + delta * torch.eye(len(k), dtype=h.dtype, device=h.device)
     rhs = (wa @ h[:, k] + delta * wa[:, k]).T
     sol = torch.linalg.solve(hkk, rhs).T
     return sol[:, :-1].to(weight.dtype), sol[:, -1].to(weight.dtype)
@@ -57,7 +58,8 @@ def refit_with_bias(weight: torch.Tensor, bias: torch.Tensor | None, gram_aug: t
 
 def _augmented_weight(module) -> torch.Tensor:
     w = module.weight.detach().to(torch.float64)
-    b = torch.zeros(w.shape[0], dtype=torch.float64) if module.bias is None else module.bias.detach().double()
+    b = (torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) if module.bias is None
+         else module.bias.detach().double())
     return torch.cat([w, b[:, None]], 1)
 
 
@@ -66,7 +68,7 @@ def _solve(gram: torch.Tensor, wh: torch.Tensor, wa: torch.Tensor, kept, damping
     k = torch.as_tensor(list(kept) + [wa.shape[1] - 1], dtype=torch.long)
     hkk = gram[k][:, k]
     delta = damping * float(torch.diagonal(hkk)[:-1].mean())
-    hkk = hkk + delta * torch.eye(len(k), dtype=hkk.dtype)
+    hkk = hkk + delta * torch.eye(len(k), dtype=hkk.dtype, device=hkk.device)
     rhs = (wh[:, k] + delta * wa[:, k]).T
     sol = torch.linalg.solve(hkk, rhs).T
     return sol[:, :-1], sol[:, -1]
@@ -86,7 +88,7 @@ class ReformProxy:
                 prepared = None
                 if mode == "refit":  # H and W·H once per linear: a refit then only solves on the kept columns
                     module = model.get_submodule(layer.modules[role])
-                    gram = augmented_gram(acc)
+                    gram = augmented_gram(acc).to(module.weight.device)  # candidates are solved beside the weights
                     wa = _augmented_weight(module)
                     prepared = (gram.float(), (wa @ gram).float(), wa.float())
                 self.inputs[(layer.index, role)] = (acc.mean, prepared)
@@ -116,7 +118,8 @@ class ReformProxy:
             if self.mode == "bias":
                 removed = torch.ones(size, dtype=torch.bool)
                 removed[kept] = False
-                b = module.weight.detach().double()[:, removed] @ mean[removed]
+                b = module.weight.detach().double()[:, removed.to(module.weight.device)] @ \
+                    mean.to(module.weight.device, torch.float64)[removed.to(module.weight.device)]
                 if module.bias is not None:
                     b = b + module.bias.detach().double()
                 out[f"{name}.bias"] = b.to(module.weight.dtype)

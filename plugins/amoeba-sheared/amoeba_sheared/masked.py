@@ -37,8 +37,9 @@ def gate_scales(masks: ShearingMasks, gates: dict[str, torch.Tensor]) -> dict:
     for l in range(s.layers):
         head = None
         if "kv" in gates or "query" in gates:
-            kv = gates["kv"][l] if "kv" in gates else torch.ones(s.kv_heads)
-            q = gates["query"][l] if "query" in gates else torch.ones(s.queries_per_group)
+            like = gates["kv"] if "kv" in gates else gates["query"]  # the absent family: ones beside it
+            kv = gates["kv"][l] if "kv" in gates else torch.ones(s.kv_heads, device=like.device)
+            q = gates["query"][l] if "query" in gates else torch.ones(s.queries_per_group, device=like.device)
             head = (kv[:, None] * q[None, :]).reshape(-1).repeat_interleave(hd)
         block = gates["layer"].reshape(-1)[l] if "layer" in gates else None
         if out["hidden"] is not None:

@@ -71,8 +71,9 @@ class ShearingMasks(nn.Module):
         s = self.source
         ones = {"layer": (1, s.layers), "kv": (s.layers, s.kv_heads), "query": (s.layers, s.queries_per_group),
                 "intermediate": (s.layers, s.intermediate), "hidden": (1, s.hidden)}
-        return {f: hc.prob_nonzero(self.log_alpha[f]).detach() if f in self.log_alpha else torch.ones(ones[f])
-                for f in STRUCTURES}
+        device = next(iter(self.log_alpha.values())).device if len(self.log_alpha) else None
+        return {f: hc.prob_nonzero(self.log_alpha[f]).detach() if f in self.log_alpha
+                else torch.ones(ones[f], device=device) for f in STRUCTURES}
 
     def expected_parameters(self) -> float:
         """Expected non-embedding linear parameters (Sheared's ``get_expected_num_params``, with GQA):
