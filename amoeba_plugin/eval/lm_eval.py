@@ -26,18 +26,14 @@ from .logs import quiet_lm_eval
 from .model_args import load_model_args, resolve_device  # noqa: F401 - importable from here, as before
 
 from .._lm_eval_registration import MODEL_NAME, MODEL_TARGET, register_lm_eval_model  # noqa: F401 - as before
+from .._lm_eval_registration import tasks_dir  # also the lm_eval.tasks entry point (pyproject.toml)
 INSTALL_FIX = "pip install 'amoeba-plugin[lm-eval]' (or pip install 'lm-eval>=0.4.13')"
-_TASKS = Path(__file__).resolve().parent / "tasks"
+_TASKS = Path(tasks_dir())
 #: every packaged task and group name starts with this
 PREFIX = "amoeba_"
 
 
 # ---------------------------------------------------------------------- packaged tasks
-def tasks_dir() -> str:
-    """The folder of the packaged lm-eval task YAMLs, for ``--include_path`` / ``TaskManager(include_path=...)``."""
-    return str(_TASKS)
-
-
 def _read_yaml(path: Path) -> dict:
     import yaml
 
