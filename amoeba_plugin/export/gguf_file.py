@@ -2,9 +2,12 @@
 
 Stock Llama models are written as llama.cpp's ``llama`` architecture. Heterogeneous ones (the
 ``amoeba`` architecture) are written as ``deci``. Its runtime takes per-layer ``head_count``,
-``head_count_kv`` and ``feed_forward_length`` arrays of any value. So, unlike the DeciLM directory
-for vLLM, nothing is padded except in two cases, both checked against llama.cpp 0.3.36:
+``head_count_kv`` and ``feed_forward_length`` arrays of any value, but one head_dim. So, unlike the
+DeciLM directory for vLLM, query heads are not padded; what is padded, each checked against
+llama.cpp 0.3.36:
 
+* heads that keep a subset of their channels (head-channel plans) are written as whole heads with
+  zero rows at the pruned channels (:mod:`.whole_heads`);
 * a layer with no attention at layer 0 fails to load: it gets an all-zero one-head stand-in;
 * llama.cpp drops a layer's *attention* output when that layer has no MLP (``deci.cpp`` skips the
   layer before adding it): such a layer gets an all-zero MLP of width 1, which adds nothing.
@@ -23,6 +26,7 @@ import torch
 
 from ..errors import AmoebaError
 from .decilm import layer_shapes, refusal
+from .whole_heads import whole_heads
 
 DTYPES = ("f16", "f32")
 #: the width of the all-zero MLP that stands in for a missing one (llama.cpp's n_ff == 0 bug)
@@ -82,17 +86,21 @@ def write_gguf(model, tokenizer, path: str | Path, dtype: str = "f16", name: str
     reason = refusal(shapes, head_dim, "GGUF")
     if reason:
         raise AmoebaError(f"this model has no GGUF form: {reason}",
-                          "prune whole heads (e.g. --method flap), or export with --exporter amoeba")
+                          "export with --exporter amoeba (or hf) for transformers instead")
     if tokenizer is None:
         raise AmoebaError("a GGUF file needs the tokenizer", "export from a model directory that has one")
     stock = cfg.model_type == "llama"
     arch = "llama" if stock else "deci"
     hidden = cfg.hidden_size
     src = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    shapes, src, channel_padding = whole_heads(shapes, src, head_dim)
     wtype = torch.float16 if dtype == "f16" else torch.float32
     writer = gguf.GGUFWriter(str(path), arch)
     stand_ins: list[str] = []
-    padding = 0
+    padding = channel_padding
+    if channel_padding:
+        stand_ins.append(f"heads that keep a subset of their channels are written as whole heads of {head_dim} "
+                         f"(llama.cpp has one head_dim): {channel_padding:,} zero parameters at the pruned channels")
 
     def tensor(gname: str, t: torch.Tensor, *, matrix: bool = True) -> None:
         writer.add_tensor(gname, t.to(wtype if matrix and t.dim() == 2 else torch.float32).contiguous().numpy())

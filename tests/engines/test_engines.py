@@ -26,10 +26,12 @@ HERE = Path(__file__).parent
 PROMPT_TEXTS = ["The state of the union is", "Our nation has always"]
 TEXTS = ["Mr. Speaker, the 117th Congress\tmeets in 2021 —  with  $1,000,000 & more!", "naïve café déjà vu", "   spaces"]
 NEW_TOKENS = 24
-#: (method, budget): dense is the identity plan; 'layers' is a hand-made plan that exercises every
-#: engine rule (layer 0 without attention, a layer without MLP, one KV group of two heads)
+#: (method, budget[, options]): dense is the identity plan; 'layers' is a hand-made plan that exercises
+#: every engine rule (layer 0 without attention, a layer without MLP, one KV group of two heads);
+#: 'search' keeps its own head channels in every KV group (written back as whole heads with zeros)
 CASES = {"dense": None, "uniform": ("uniform-magnitude", "0.8"), "flap": ("flap", "0.7"),
-         "amoeballm": ("amoeballm", "0.6"), "layers": "hand-made"}
+         "amoeballm": ("amoeballm", "0.6"), "search": ("searchllm", "0.5", {"preset": "fast"}),
+         "layers": "hand-made"}
 
 
 def _engine(name: str) -> Path:
@@ -83,7 +85,8 @@ def exports(tmp_path_factory):
         elif case == "hand-made":
             plan, patch = _hand_made(pruner.anatomy), None
         else:
-            out = pruner.prune(PruningConfig(method=case[0], budget=case[1], evaluation=None))
+            out = pruner.prune(PruningConfig(method=case[0], budget=case[1], evaluation=None,
+                                             method_options=case[2] if len(case) > 2 else {}))
             plan, patch = out.plan, out.patch
         request = ExportRequest(model=pruner.model, anatomy=pruner.anatomy, plan=plan, tokenizer=tok, patch=patch,
                                 dtype="float32", info={"source_model": "amoeba-tiny-sotu"})
@@ -96,9 +99,11 @@ def exports(tmp_path_factory):
         import amoeba_plugin  # noqa: F401  (registers the amoeba architecture)
 
         reference = AutoModelForCausalLM.from_pretrained(paths["auto"], dtype=torch.float32).eval()
+        deci = json.loads((paths["decilm"] / "amoeba_export.json").read_text())
         built[name] = {"paths": paths, "stock": reference.config.model_type != "amoeba",
-                       "reference": _reference(reference, prompts),
-                       "padding": json.loads((paths["decilm"] / "amoeba_export.json").read_text())["zero_parameters_added"]}
+                       "reference": _reference(reference, prompts), "padding": deci["zero_parameters_added"],
+                       "parameters": deci["parameters_without_padding"],
+                       "gguf_padding": json.loads((paths["gguf"] / "amoeba_export.json").read_text())["zero_parameters_added"]}
     return {"prompts": prompts, "cases": built, "tokenizer": tok}
 
 
@@ -136,8 +141,11 @@ def test_vllm_matches_transformers(exports, tmp_path):
             matched += sum(a == b for a, b in zip(ref["tokens"], got["tokens"]))
             total += len(ref["tokens"])
             worst = max(worst, max(abs(float(r[t]) - lp) for r, t, lp in zip(ref["rows"], got["tokens"], got["logprobs"])))
-        rows[name] = {"format": "hf" if name in ("dense", "uniform") else "decilm", "tokens_matched": matched,
-                      "tokens": total, "max_abs_logprob_diff": worst, "zero_parameters_added": cases[name]["padding"]}
+        stock = name in ("dense", "uniform")  # vLLM runs the hf export: no padding
+        padding = 0 if stock else cases[name]["padding"]
+        rows[name] = {"format": "hf" if stock else "decilm", "tokens_matched": matched,
+                      "tokens": total, "max_abs_logprob_diff": worst, "zero_parameters_added": padding,
+                      "padding_share": padding / cases[name]["parameters"]}
     _report("vllm", rows)
     for name, row in rows.items():
         assert row["tokens_matched"] == row["tokens"], f"{name}: {row}"
@@ -166,7 +174,8 @@ def test_llama_cpp_matches_transformers(exports, tmp_path):
             for r, g in zip(ref["rows"], got["logsoftmax"]):
                 worst = max(worst, float((r - torch.tensor(g, dtype=torch.float64)).abs().max()))
         rows[name] = {"tokens_matched": matched, "tokens": total, "max_abs_logsoftmax_diff_whole_vocab": worst,
-                      "tokenizer_matches": result["texts"] == want_texts}
+                      "tokenizer_matches": result["texts"] == want_texts,
+                      "zero_parameters_added": case["gguf_padding"], "padding_share": case["gguf_padding"] / case["parameters"]}
     _report("llama.cpp", rows)
     for name, row in rows.items():
         assert row["tokenizer_matches"], f"{name}: llama.cpp tokenizes differently from transformers"
