@@ -61,7 +61,7 @@ DEFAULT_BUDGETS = "0.8,0.7,0.5,nonembed=0.8,nonembed=0.7,nonembed=0.5"
 DEFAULT_RECOVERY = "tokens=65536,loss=distill,source=sotu:train,seq_len=256,batch_size=4,seed=0"
 PLOTS = ("perplexity_vs_params.png", "perplexity_vs_speed.png")
 #: what a recovered row takes over from its training-free row: the same plan, shape and export
-CARRIED = ("method", "label", "options", "preset", "budget", "budget_kind", "budget_value", "plugin",
+CARRIED = ("method", "label", "device", "options", "preset", "budget", "budget_kind", "budget_value", "plugin",
            "plugin_version", "fits_budget", "on_budget", "fill", "layers", "uniform", "macs_per_token",
            "macs_ratio", "plan_file", "parameters", "non_embedding_parameters", "parameters_ratio",
            "non_embedding_ratio", "prune_seconds", "peak_rss_mib", "rss_start_mib", "peak_rss_delta_mib",
