@@ -224,7 +224,6 @@ def register_plugin() -> Iterator[Callable[[Any, str], Any]]:
             plugins.unregister_plugin(name)
 
 
-
 def assert_one_error_line(result, *fragments: str) -> str:
     """A click ``result`` of bad input: exit status 2, exactly one ``error: ... Fix: ...`` line on
     stderr holding every fragment, no traceback. Returns that line."""
@@ -234,6 +233,7 @@ def assert_one_error_line(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
 
 __all__ = [
     "COMMON", "EMBEDDED", "FAMILIES", "WORDS", "assert_one_error_line", "assert_soft_equals_sliced", "embedded_tokenizer", "make_tiny",

@@ -133,15 +133,13 @@ def main(argv=None) -> int:
     # SMoL trained on the dense shape alone (no sandwich) against plain LoRA on the dense model: tells
     # the trainer's own effect apart from the cost of sharing one adapter across shapes
     dense_only = out / "bundles" / "dense_only"
-    if args.no_ablations:
-        pass
-    elif not (dense_only / "amoeba_bundle.json").exists():
-        windows = get_calibration_dataset(tokenizer, "sotu:train", 2, 32, 0)
-        table, report = run_selection(model, tokenizer, anatomy, windows,
-                                      SelectionConfig(min_layers=anatomy.num_layers, widths=(1.0,)),
-                                      show_progress=False)
-        write_bundle(dense_only, args.model, anatomy, table, report)
     if not args.no_ablations:
+        if not (dense_only / "amoeba_bundle.json").exists():
+            windows = get_calibration_dataset(tokenizer, "sotu:train", 2, 32, 0)
+            table, report = run_selection(model, tokenizer, anatomy, windows,
+                                          SelectionConfig(min_layers=anatomy.num_layers, widths=(1.0,)),
+                                          show_progress=False)
+            write_bundle(dense_only, args.model, anatomy, table, report)
         if not Bundle.load(dense_only).trained:
             print(f"SMoL on the dense shape only ({args.steps} steps)", flush=True)
             train_bundle(dense_only, train, smol)

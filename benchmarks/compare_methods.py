@@ -638,9 +638,14 @@ class ResultsBook:
 
     def open(self, settings: dict, log) -> None:
         previous = self.previous
+        command = shlex.join(["python", "-m", f"benchmarks.{Path(self.writer).stem}", *self.args.argv])
+        commands = [command]
         if previous is not None:
             if self.check(settings):
                 self.rows = {r["key"]: r for r in previous.get("rows", [])}
+                # every run that wrote rows into this file, oldest first (a resumed run adds its own)
+                earlier = previous.get("commands") or ([previous["command"]] if previous.get("command") else [])
+                commands = earlier + ([command] if earlier[-1:] != [command] else [])
                 for k in self.optional:  # a setting the earlier run had and this one leaves unset
                     if settings.get(k) is None:
                         settings[k] = previous.get("settings", {}).get(k)
@@ -653,8 +658,7 @@ class ResultsBook:
                         stale.unlink(missing_ok=True)
         self.data = {"format": self.fmt, "version": RESULTS_VERSION,
                      "created": (previous or {}).get("created", _now()),
-                     "command": shlex.join(["python", "-m", f"benchmarks.{Path(self.writer).stem}", *self.args.argv]),
-                     "settings": settings, "machine": machine_info(), "versions": versions(), "rows": []}
+                     "command": command, "commands": commands, "settings": settings, "machine": machine_info(), "versions": versions(), "rows": []}
 
     def save(self) -> None:
         self.data["rows"] = _sorted_rows(list(self.rows.values()))

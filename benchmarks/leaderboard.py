@@ -342,6 +342,9 @@ def markdown(data: dict) -> str:
     if settings.get("recovery"):
         recovery = ", ".join(f"{k}={v}" for k, v in settings["recovery"].items() if v is not None)
         lines += ["", f"Recovery (regime `recovered`): {recovery}; teacher: the dense model."]
+    if data.get("commands"):
+        lines += ["", "Commands that wrote these rows (oldest first; each resumed the file):", "",
+                  *[f"- `{c}`" for c in data["commands"]]]
     if dense is not None:
         ppl = dense.get("perplexity") or {}
         lines += ["", f"Dense: {dense.get('parameters', 0):,} parameters ({dense.get('non_embedding_parameters', 0):,} "

@@ -127,6 +127,9 @@ def test_resume_skips_recorded_rows(first, texts):
     again = json.loads((first["out"] / "results.json").read_text())
     assert [(r["key"], r["finished"]) for r in again["rows"]] == [(r["key"], r["finished"])
                                                                   for r in first["data"]["rows"]]
+    assert first["data"]["commands"] == [first["data"]["command"]]
+    assert again["commands"] == [first["data"]["command"]]  # the same command again is not listed twice
+    assert "Commands that wrote these rows" in (first["out"] / "results.md").read_text()
 
 
 def test_start_up_errors(tmp_path, texts, capsys):

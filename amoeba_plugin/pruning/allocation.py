@@ -295,8 +295,5 @@ def fill_ratio(budget: Budget, anatomy: Anatomy, plan: Plan) -> float:
     return budget.bind(anatomy).fill(plan)
 
 
-#: how far below its budget a plan may land and still count as on budget (fraction of the target);
-
-
 __all__ = ["FILL_TOLERANCE", "fill_ratio", "global_width", "protected_layers", "standardize", "standardized_unit_scores", "suggest_budget", "top_indices", "uniform_plan", "uniform_width",
            "unreachable"]

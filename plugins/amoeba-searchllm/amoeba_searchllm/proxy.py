@@ -116,10 +116,10 @@ class ReformProxy:
             module = self.model.get_submodule(name)
             mean, gram = self.inputs[(layer.index, role)]
             if self.mode == "bias":
-                removed = torch.ones(size, dtype=torch.bool)
+                device = module.weight.device
+                removed = torch.ones(size, dtype=torch.bool, device=device)
                 removed[kept] = False
-                b = module.weight.detach().double()[:, removed.to(module.weight.device)] @ \
-                    mean.to(module.weight.device, torch.float64)[removed.to(module.weight.device)]
+                b = module.weight.detach().double()[:, removed] @ mean.to(device, torch.float64)[removed]
                 if module.bias is not None:
                     b = b + module.bias.detach().double()
                 out[f"{name}.bias"] = b.to(module.weight.dtype)
