@@ -36,7 +36,7 @@ from amoeba_plugin.budget import FILL_TOLERANCE, Budget
 from amoeba_plugin.cli.options import parse_options
 from amoeba_plugin.data import check_disjoint
 from amoeba_plugin.errors import AmoebaError
-from amoeba_plugin.plugins import registry
+from amoeba_plugin.plugins import BUILTIN_PLUGINS, registry
 from benchmarks.compare_methods import (
     _error,
     _finite,
@@ -60,6 +60,7 @@ DEFAULT_BUDGETS = "0.8,0.7,0.5,nonembed=0.8,nonembed=0.7,nonembed=0.5"
 #: the fixed recovery budget every method gets in the recovered regime, unless --recovery says otherwise
 DEFAULT_RECOVERY = "tokens=65536,loss=distill,source=sotu:train,seq_len=256,batch_size=4,seed=0"
 PLOTS = ("perplexity_vs_params.png", "perplexity_vs_speed.png")
+BASELINES = "baselines"  # the summary's reference: the baselines plugin and the host's own methods
 #: what a recovered row takes over from its training-free row: the same plan, shape and export
 CARRIED = ("method", "label", "device", "options", "preset", "budget", "budget_kind", "budget_value", "plugin",
            "plugin_version", "fits_budget", "on_budget", "fill", "layers", "uniform", "macs_per_token",
@@ -318,6 +319,48 @@ def _sort_key(row: dict):
     return (row["status"] != "ok", not _finite(mean), mean if _finite(mean) else 0.0, row["label"])
 
 
+def _on_budget(rows: list[dict]) -> list[dict]:
+    """The rows that may be called best: ran, landed on budget, finite geo-mean."""
+    return [r for r in rows if r["status"] == "ok" and r.get("on_budget") and _finite(r.get("ppl_geo_mean"))]
+
+
+def _group(row: dict) -> str | None:
+    """The summary column of a row: its plugin, with the host's own methods (uniform-magnitude,
+    random) counted among the baselines."""
+    plugin = row.get("plugin")
+    return BASELINES if plugin in BUILTIN_PLUGINS else plugin
+
+
+def plugin_summary(rows: list[dict], budgets: list[str], regimes: list[str]) -> list[str]:
+    """One line per (budget, regime): the best on-budget geo-mean each plugin reached, and its ratio to
+    the best baseline, which is how the backends are judged (lower is better)."""
+    groups = {_group(r) for r in rows} - {None}
+    plugins = _ordered([BASELINES] if BASELINES in groups else [], sorted(groups))
+    if len(plugins) < 2:
+        return []
+    lines = ["", "## The best of each plugin (geo-mean, method; × the best baseline)", "",
+             "| budget | regime | " + " | ".join(plugins) + " |", "|---|---|" + "---|" * len(plugins)]
+    for regime in regimes:
+        for budget in budgets:
+            members = [r for r in rows if r.get("regime") == regime and r["budget"] == budget]
+            if not members:
+                continue
+            best = {p: min((r for r in _on_budget(members) if _group(r) == p),
+                           key=lambda r: r["ppl_geo_mean"], default=None) for p in plugins}
+            reference = best.get(BASELINES)
+            cells = []
+            for plugin, row in best.items():
+                if row is None:
+                    cells.append("—")
+                    continue
+                ratio = (f", {row['ppl_geo_mean'] / reference['ppl_geo_mean']:.2f}×"
+                         if reference is not None and plugin != BASELINES else "")
+                cells.append(f"{_fmt_ppl(row['ppl_geo_mean'])} ({row['label']}){ratio}")
+            lines.append(f"| {budget} | {'training-free' if regime == 'free' else 'after recovery'} | "
+                         + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(data: dict) -> str:
     """A table per (budget, regime), sorted by the geometric mean of the held-out perplexities."""
     settings = data["settings"]
@@ -350,17 +393,18 @@ def markdown(data: dict) -> str:
         lines += ["", f"Dense: {dense.get('parameters', 0):,} parameters ({dense.get('non_embedding_parameters', 0):,} "
                   "non-embedding); " + ", ".join(f"{s} {_fmt_ppl(ppl.get(s))}" for s in sources)
                   + f"; geo-mean {_fmt_ppl(dense.get('ppl_geo_mean'))}; decode {_speed(dense)}."]
-    header = ["#", "method", "params (ratio)", "non-emb ratio", "MACs ratio", "fill", *[f"ppl {s}" for s in sources],
-              "geo-mean", "prune s", "peak RSS MiB", "decode tok/s (× dense)", ""]
     # this run's budgets and regimes first, then those earlier runs into the same --out recorded
     budgets = _ordered(settings.get("budgets") or [], (r["budget"] for r in rows if r["method"] != "dense"))
     regimes = _ordered(settings.get("regimes") or [], (r["regime"] for r in rows if r.get("regime")))
+    lines += plugin_summary(rows, budgets, regimes)
+    header = ["#", "method", "params (ratio)", "non-emb ratio", "MACs ratio", "fill", *[f"ppl {s}" for s in sources],
+              "geo-mean", "prune s", "peak RSS MiB", "decode tok/s (× dense)", ""]
     for regime in regimes:
         for budget in budgets:
             members = sorted((r for r in rows if r.get("regime") == regime and r["budget"] == budget), key=_sort_key)
             if not members:
                 continue
-            on = [r for r in members if r["status"] == "ok" and r.get("on_budget") and _finite(r.get("ppl_geo_mean"))]
+            on = _on_budget(members)
             best = min(on, key=lambda r: r["ppl_geo_mean"])["key"] if on and len(members) >= 2 else None
             title = "training-free" if regime == "free" else "after recovery"
             lines += ["", f"## {budget} — {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -109,7 +109,8 @@ def test_results_json_structure_and_geo_mean(first, texts):
 def test_markdown_sorted_best_and_off_budget(first):
     md = (first["out"] / "results.md").read_text()
     assert "## params=0.5 — training-free" in md
-    table = [line for line in md.splitlines() if line.startswith("| ") and "method" not in line]
+    section = md.split("## params=0.5 — training-free", 1)[1]
+    table = [line for line in section.splitlines() if line.startswith("| ") and "method" not in line]
     assert len(table) == 2  # both rows shown, the off-budget one too
     rows = {r["method"]: r for r in first["data"]["rows"]}
     order = sorted(("uniform-magnitude", "test-undershoot"), key=lambda m: rows[m]["ppl_geo_mean"])
@@ -117,6 +118,29 @@ def test_markdown_sorted_best_and_off_budget(first):
     undershoot = next(line for line in table if "test-undershoot" in line)
     assert "**off**" in undershoot and "◀ best" not in undershoot  # off budget: flagged, never best
     assert "◀ best" in next(line for line in table if "uniform-magnitude" in line)
+
+
+def test_markdown_summary_of_the_best_per_plugin(first):
+    md = (first["out"] / "results.md").read_text()
+    rows = {r["method"]: r for r in first["data"]["rows"]}
+    # uniform-magnitude is the host's own method: a baseline; test-undershoot's plugin has no on-budget row
+    assert "| budget | regime | baselines | test-leaderboard |" in md
+    assert (f"| params=0.5 | training-free | {lb._fmt_ppl(rows['uniform-magnitude']['ppl_geo_mean'])} "
+            "(uniform-magnitude) | — |") in md
+
+
+def test_plugin_summary_divides_by_the_best_baseline():
+    def row(method, plugin, ppl, on_budget=True, budget="params=0.5", regime="free"):
+        return {"method": method, "label": method, "plugin": plugin, "ppl_geo_mean": ppl, "status": "ok",
+                "on_budget": on_budget, "budget": budget, "regime": regime}
+    rows = [row("flap", "baselines", 200.0), row("random", "amoeba_plugin.builtin.methods", 100.0, on_budget=False),
+            row("shortgpt", "baselines", 400.0), row("mine", "mine", 150.0), row("mine2", "mine", 120.0),
+            row("mine", "mine", 90.0, regime="recovered"), row("flap", "baselines", 100.0, regime="recovered")]
+    lines = lb.plugin_summary(rows, ["params=0.5"], ["free", "recovered"])
+    assert "| baselines | mine |" in lines[3]
+    assert lines[-2:] == ["| params=0.5 | training-free | 200.00 (flap) | 120.00 (mine2), 0.60× |",
+                          "| params=0.5 | after recovery | 100.00 (flap) | 90.00 (mine), 0.90× |"]
+    assert lb.plugin_summary(rows[:3], ["params=0.5"], ["free"]) == []  # baselines alone: nothing to compare
 
 
 def test_resume_skips_recorded_rows(first, texts):
