@@ -604,6 +604,23 @@ def start_harness(args, log, tasks: list[str]) -> Harness:
     return harness
 
 
+@contextmanager
+def _exclusive(lock: Path):
+    """Hold an advisory lock on ``lock`` (created if missing) while the block runs; where ``fcntl`` is
+    missing (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class ResultsBook:
     """``--out``/results.json of a method-run benchmark: its rows by key, rewritten (with the markdown
     report) after every run, and resumed when started again with the same settings.
@@ -623,14 +640,17 @@ class ResultsBook:
         self.rows: dict[str, dict] = {}
         self.data: dict = {}
 
+    def _differences(self, old: dict, settings: dict) -> list[str]:
+        """The settings that keep rows made under ``old`` from being mixed with rows made under ``settings``."""
+        return [k for k in self.compat if k in settings and _comparable(k, old.get(k)) != _comparable(k, settings[k])
+                and not (k in self.optional and (old.get(k) is None or settings[k] is None))]
+
     def check(self, settings: dict) -> bool:
         """True when the earlier results were made with ``settings``; an error when they were not
         (False under ``--force``: start over)."""
         if self.previous is None:
             return False
-        old = self.previous.get("settings", {})
-        diff = [k for k in self.compat if k in settings and _comparable(k, old.get(k)) != _comparable(k, settings[k])
-                and not (k in self.optional and (old.get(k) is None or settings[k] is None))]
+        diff = self._differences(self.previous.get("settings", {}), settings)
         if diff and not self.args.force:
             raise AmoebaError(f"{self.path} holds results made with other settings ({', '.join(diff)} differ), "
                               "so they cannot be resumed", "pass another --out, or --force to start over there")
@@ -661,10 +681,24 @@ class ResultsBook:
                      "command": command, "commands": commands, "settings": settings, "machine": machine_info(), "versions": versions(), "rows": []}
 
     def save(self) -> None:
-        self.data["rows"] = _sorted_rows(list(self.rows.values()))
-        self.data["updated"] = _now()
-        write_json_atomic(self.path, self.data)
-        (self.out / "results.md").write_text(self.markdown(self.data))
+        """Rewrite results.json and results.md, holding the folder's lock: rows that another run with the
+        same settings (other ``--methods`` or ``--budgets``) recorded in the same ``--out`` meanwhile are
+        kept, so two jobs can share one results file."""
+        with _exclusive(self.out / ".results.lock"):
+            self._take_rows_written_meanwhile()
+            self.data["rows"] = _sorted_rows(list(self.rows.values()))
+            self.data["updated"] = _now()
+            write_json_atomic(self.path, self.data)
+            (self.out / "results.md").write_text(self.markdown(self.data))
+
+    def _take_rows_written_meanwhile(self) -> None:
+        on_disk = load_results(self.path, self.fmt, self.writer)
+        if on_disk is None or self._differences(on_disk.get("settings", {}), self.data["settings"]):
+            return  # nothing there, or the rows a --force run with other settings is replacing
+        for row in on_disk.get("rows", []):
+            self.rows.setdefault(row["key"], row)  # this run's own rows win
+        ours = self.data["commands"]
+        self.data["commands"] = [c for c in on_disk.get("commands", []) if c not in ours] + ours
 
     def done(self, key: str) -> bool:
         """Whether ``key`` is recorded without error (and ``--force`` does not redo it)."""

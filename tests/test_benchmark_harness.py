@@ -4,6 +4,7 @@ Small on purpose (2 windows of 32 tokens per source, one torch thread): the buil
 ``uniform-magnitude`` plus in-test methods registered through the plugin manager, one that counts
 its calls (to see resuming skip finished runs), one that raises, one that edits the shared model.
 """
+import argparse
 import json
 import shutil
 from collections import Counter
@@ -210,6 +211,34 @@ def test_resume_skips_finished_runs_and_force_redoes(first_run, tmp_path, calibr
     assert CALLS["test-counting"] == 1
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert len(rows) == len(before)
+
+
+def test_two_runs_share_one_results_file(tmp_path):
+    """Two jobs with the same settings and other --methods write into one --out: neither loses the
+    other's rows or command, and a --force run with other settings does not take the old rows back."""
+    def book(methods, settings, force=False):
+        args = argparse.Namespace(out=tmp_path, force=force, argv=["--methods", methods])
+        results = cm.ResultsBook(args, "test-results", "test_writer.py", markdown=lambda data: "md\n")
+        results.check(settings)
+        results.open(dict(settings), log=lambda *a: None)
+        return results
+
+    def row(method):
+        return {"key": f"{method}|params=0.5", "method": method, "label": method, "budget": "params=0.5",
+                "budget_value": 0.5, "status": "ok"}
+
+    settings = {"model": "m", "seed": 0}
+    first, second = book("a,b", settings), book("c", settings)  # both started before either wrote
+    first.put(row("a"))
+    second.put(row("c"))
+    first.put(row("b"))
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {r["method"] for r in data["rows"]} == {"a", "b", "c"}
+    assert data["commands"] == [first.data["commands"][-1].replace("a,b", "c"), first.data["commands"][-1]]
+
+    other = book("d", {"model": "m", "seed": 1}, force=True)  # other settings: starts over
+    other.put(row("d"))
+    assert [r["method"] for r in json.loads((tmp_path / "results.json").read_text())["rows"]] == ["d"]
 
 
 def test_eval_on_calibration_refused(tmp_path, calibration_file, capsys):
