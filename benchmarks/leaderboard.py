@@ -324,6 +324,10 @@ def _on_budget(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] == "ok" and r.get("on_budget") and _finite(r.get("ppl_geo_mean"))]
 
 
+def _regime_title(regime: str) -> str:
+    return "training-free" if regime == "free" else "after recovery"
+
+
 def _group(row: dict) -> str | None:
     """The summary column of a row: its plugin, with the host's own methods (uniform-magnitude,
     random) counted among the baselines."""
@@ -345,8 +349,9 @@ def plugin_summary(rows: list[dict], budgets: list[str], regimes: list[str]) -> 
             members = [r for r in rows if r.get("regime") == regime and r["budget"] == budget]
             if not members:
                 continue
-            best = {p: min((r for r in _on_budget(members) if _group(r) == p),
-                           key=lambda r: r["ppl_geo_mean"], default=None) for p in plugins}
+            on = _on_budget(members)
+            best = {p: min((r for r in on if _group(r) == p), key=lambda r: r["ppl_geo_mean"], default=None)
+                    for p in plugins}
             reference = best.get(BASELINES)
             cells = []
             for plugin, row in best.items():
@@ -356,7 +361,7 @@ def plugin_summary(rows: list[dict], budgets: list[str], regimes: list[str]) -> 
                 ratio = (f", {row['ppl_geo_mean'] / reference['ppl_geo_mean']:.2f}×"
                          if reference is not None and plugin != BASELINES else "")
                 cells.append(f"{_fmt_ppl(row['ppl_geo_mean'])} ({row['label']}){ratio}")
-            lines.append(f"| {budget} | {'training-free' if regime == 'free' else 'after recovery'} | "
+            lines.append(f"| {budget} | {_regime_title(regime)} | "
                          + " | ".join(cells) + " |")
     return lines
 
@@ -406,8 +411,7 @@ def markdown(data: dict) -> str:
                 continue
             on = _on_budget(members)
             best = min(on, key=lambda r: r["ppl_geo_mean"])["key"] if on and len(members) >= 2 else None
-            title = "training-free" if regime == "free" else "after recovery"
-            lines += ["", f"## {budget} — {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["", f"## {budget} — {_regime_title(regime)}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for rank, r in enumerate(members, start=1):
                 ok = r["status"] == "ok"
                 ppl = r.get("perplexity") or {}
